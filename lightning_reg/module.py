@@ -1,0 +1,224 @@
+"""``RegularizedModule``: the Lightning adapter over :class:`~lightning_reg.regularizer.Regularizer`.
+
+The mixin adds the L1 term to the loss that ``training_step`` returns and gives the optimizers that
+``configure_optimizers`` returns weight decay on the regularized parameters only. Both hooks are
+intercepted at their outermost call, whichever class in the hierarchy defines them, so the mixin works
+in front of an existing module (``class RegNet(RegularizedModule, MyLitNet)``) and as a base whose
+subclass defines the hooks itself (``class Net(RegularizedModule, LightningModule)``).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import types
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from torch import Tensor
+from torch.optim import Optimizer
+
+from lightning_reg.options import RegularizationOptions
+from lightning_reg.regularizer import Regularizer
+
+if TYPE_CHECKING:
+    from lightning.pytorch import LightningModule as _Base
+else:
+    _Base = object
+
+_LIGHTNING_PACKAGES = ("lightning", "pytorch_lightning")
+_MARK = "_lightning_reg_hook"
+
+
+def _add_penalty(module: RegularizedModule, output: Any) -> Any:
+    """Add the L1 term to the loss a training step returns."""
+    regularizer = module.regularizer
+    if regularizer.l1 == 0 or output is None:
+        return output
+    if isinstance(output, Tensor):
+        return output + regularizer.penalty()
+    if isinstance(output, Mapping) and "loss" in output:
+        return {**output, "loss": output["loss"] + regularizer.penalty()}
+    return output
+
+
+def _apply_weight_decay(module: RegularizedModule, output: Any) -> Any:
+    """Split the returned optimizers' groups so that only ``W`` decays."""
+    regularizer = module.regularizer
+    if regularizer.l1 > 0 and not module.automatic_optimization:
+        raise ValueError(
+            f"Invalid l1: {regularizer.l1!r}: RegularizedModule adds L1 to the loss returned by "
+            "training_step, which manual optimization does not use. Use automatic optimization or l1=0."
+        )
+    optimizers = [item for item in _walk(output) if isinstance(item, Optimizer)]
+    schedulers = [item for item in _walk(output) if isinstance(getattr(item, "optimizer", None), Optimizer)]
+    for optimizer in optimizers:
+        regularizer.apply_weight_decay(optimizer, schedulers)
+    return output
+
+
+_FINISHERS: dict[str, Callable[[RegularizedModule, Any], Any]] = {
+    "training_step": _add_penalty,
+    "configure_optimizers": _apply_weight_decay,
+}
+
+
+def _walk(output: Any) -> Iterator[Any]:
+    """Every object inside the nested lists, tuples and dicts ``configure_optimizers`` may return."""
+    if isinstance(output, Mapping):
+        for value in output.values():
+            yield from _walk(value)
+    elif isinstance(output, (list, tuple)):
+        for value in output:
+            yield from _walk(value)
+    elif output is not None:
+        yield output
+
+
+def _outermost(name: str, hook: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap ``hook`` so that its finisher sees its result once, at the outermost of nested calls.
+
+    A fresh :class:`Regularizer` is built when the outermost ``configure_optimizers`` starts, so the
+    selection sees the parameters as they are when training is set up.
+    """
+
+    @functools.wraps(hook)
+    def wrapper(self: RegularizedModule, *args: Any, **kwargs: Any) -> Any:
+        if name in self._reg_active:
+            return hook(self, *args, **kwargs)
+        if name == "configure_optimizers":
+            self._regularizer = None
+        self._reg_active.add(name)
+        try:
+            output = hook(self, *args, **kwargs)
+        finally:
+            self._reg_active.discard(name)
+        return _FINISHERS[name](self, output)
+
+    setattr(wrapper, _MARK, True)
+    return wrapper
+
+
+def _check_base_order(cls: type) -> None:
+    """Refuse ``class Net(LightningModule, RegularizedModule)``: the mixin must come first."""
+    mro = cls.__mro__
+    for base in mro[: mro.index(RegularizedModule)]:
+        if base.__module__.split(".")[0] in _LIGHTNING_PACKAGES and hasattr(base, "training_step"):
+            raise TypeError(
+                f"{cls.__name__}: RegularizedModule must come before {base.__name__} in the bases, "
+                f"e.g. class {cls.__name__}(RegularizedModule, {base.__name__})"
+            )
+
+
+class RegularizedModule(_Base):
+    """Mixin that regularizes a ``LightningModule``: L1 in the loss, L2 as the optimizer's weight decay.
+
+    The regularized parameters ``W`` are the trainable floating-point parameters with ``dim() > 1``,
+    minus those matching an ``exclude`` glob or named by the module's ``no_weight_decay()``; tied
+    parameters count once. They are chosen when ``configure_optimizers`` runs, so layers built in
+    ``configure_model`` are included.
+
+    - ``training_step``: the loss it returns (a tensor, or a dict's ``"loss"``; ``None`` passes) becomes
+      ``loss + l1 * sum(|w| for w in W)``, once per step, however many ``super().training_step`` calls
+      the class hierarchy makes.
+    - ``configure_optimizers``: with ``l2 > 0``, every returned optimizer's groups are split into ``W``
+      (``weight_decay=l2``) and the rest (``weight_decay=0``), named ``decay`` / ``no_decay``; schedulers
+      returned with it keep driving every group. With ``l2 == 0`` optimizers are left as built.
+    - The options are saved in ``hparams``, so ``load_from_checkpoint`` rebuilds the same regularization.
+
+    Args:
+        l1: strength of the L1 term added to the training loss.
+        l2: weight decay of ``W``: PyTorch's ``weight_decay`` (gradient ``l2 * w``; decoupled in AdamW).
+        exclude: glob patterns over ``named_parameters()`` names never to regularize.
+        *args, **kwargs: passed on to the next class's ``__init__``.
+
+    Raises:
+        ValueError: at construction, for a negative, NaN, infinite or non-numeric strength or a bad
+            ``exclude``; when ``configure_optimizers`` runs, for ``l2 > 0`` with an optimizer that has no
+            ``weight_decay`` or already has a different one, and for ``l1 > 0`` with manual optimization.
+        TypeError: at class creation, when the mixin is placed after a ``LightningModule`` in the bases.
+
+    Example::
+
+        >>> import lightning.pytorch as L
+        >>> import torch
+        >>> class Net(L.LightningModule):
+        ...     def __init__(self, hidden: int = 8):
+        ...         super().__init__()
+        ...         self.layer = torch.nn.Linear(4, hidden)
+        ...     def training_step(self, batch, batch_idx):
+        ...         return self.layer(batch).pow(2).mean()
+        ...     def configure_optimizers(self):
+        ...         return torch.optim.SGD(self.parameters(), lr=0.1)
+        >>> class RegNet(RegularizedModule, Net):
+        ...     pass
+        >>> model = RegNet(l1=1e-4, l2=1e-3, hidden=16)
+        >>> [group["name"] for group in model.configure_optimizers().param_groups]
+        ['decay', 'no_decay']
+        >>> model.hparams["l1"], model.hparams["l2"]
+        (0.0001, 0.001)
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        l1: float = 0.0,
+        l2: float = 0.0,
+        exclude: Sequence[str] = (),
+        **kwargs: Any,
+    ) -> None:
+        self._reg_options = RegularizationOptions(l1=l1, l2=l2, exclude=exclude)  # type: ignore[arg-type]
+        self._regularizer: Regularizer | None = None
+        self._reg_active: set[str] = set()
+        super().__init__(*args, **kwargs)
+        self._remember_options()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _check_base_order(cls)
+        for name in _FINISHERS:
+            defined = cls.__dict__.get(name)
+            if callable(defined) and not getattr(defined, _MARK, False):
+                setattr(cls, name, _outermost(name, defined))
+
+    @property
+    def regularization_options(self) -> RegularizationOptions:
+        """The validated options this module was built with."""
+        return self._reg_options
+
+    @property
+    def regularizer(self) -> Regularizer:
+        """The :class:`Regularizer` over this module's parameters, built on first use."""
+        if self._regularizer is None:
+            self._regularizer = Regularizer.from_options(self, self._reg_options)
+        return self._regularizer
+
+    def training_step(self, *args: Any, **kwargs: Any) -> Any:
+        return super().training_step(*args, **kwargs)
+
+    def configure_optimizers(self) -> Any:
+        return super().configure_optimizers()
+
+    training_step = _outermost("training_step", training_step)
+    configure_optimizers = _outermost("configure_optimizers", configure_optimizers)
+
+    def save_hyperparameters(
+        self,
+        *args: Any,
+        ignore: Sequence[str] | str | None = None,
+        frame: types.FrameType | None = None,
+        logger: bool = True,
+    ) -> None:
+        """Lightning's ``save_hyperparameters``, keeping the regularization options in ``hparams``."""
+        if frame is None:
+            current = inspect.currentframe()
+            frame = current.f_back if current is not None else None
+        super().save_hyperparameters(*args, ignore=ignore, frame=frame, logger=logger)
+        self._remember_options()
+
+    def _remember_options(self) -> None:
+        values = self._reg_options.as_hparams()
+        self.hparams.update(values)
+        initial = getattr(self, "_hparams_initial", None)
+        if initial is not None:
+            initial.update(values)
