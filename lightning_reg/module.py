@@ -167,7 +167,7 @@ class RegularizedModule(_Base):
         exclude: Sequence[str] = (),
         **kwargs: Any,
     ) -> None:
-        self._reg_options = RegularizationOptions(l1=l1, l2=l2, exclude=exclude)  # type: ignore[arg-type]
+        self._reg_options = RegularizationOptions(l1=l1, l2=l2, exclude=exclude)
         self._regularizer: Regularizer | None = None
         self._reg_active: set[str] = set()
         super().__init__(*args, **kwargs)

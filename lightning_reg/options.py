@@ -71,7 +71,7 @@ class RegularizationOptions:
 
     l1: float = 0.0
     l2: float = 0.0
-    exclude: tuple[str, ...] = field(default=())
+    exclude: Sequence[str] = field(default=())
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "l1", check_strength("l1", self.l1))

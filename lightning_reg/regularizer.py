@@ -66,7 +66,7 @@ class Regularizer:
         l2: float = 0.0,
         exclude: Sequence[str] = (),
     ) -> None:
-        self.options = RegularizationOptions(l1=l1, l2=l2, exclude=tuple(exclude))
+        self.options = RegularizationOptions(l1=l1, l2=l2, exclude=exclude)
         self.selection: Selection = select_parameters(model, self.options.exclude)
         for pattern in self.selection.unmatched:
             warnings.warn(

@@ -1,0 +1,224 @@
+"""RegularizationMonitor: values read back from real loggers' files, compared with formulas."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as L
+import numpy as np
+import pytest
+import torch
+from helpers import LitRegression, assert_same_weights, loader, quiet_trainer, regression_data
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from lightning_reg import RegularizationMonitor, RegularizedModule
+
+L1, L2 = 3e-3, 2e-2
+W_NAMES = ("net.0.weight", "net.3.weight")
+
+
+class RegRegression(RegularizedModule, LitRegression):
+    pass
+
+
+class Snapshots(L.Callback):
+    """Copies of the regularized weights after every optimizer step, keyed by global_step."""
+
+    def __init__(self) -> None:
+        self.weights: dict[int, list[np.ndarray]] = {}
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        params = dict(pl_module.named_parameters())
+        self.weights[trainer.global_step] = [params[n].detach().double().numpy().copy() for n in W_NAMES]
+
+
+def expected_metrics(
+    weights: list[np.ndarray], penalties: bool = True, tol: float = 1e-3
+) -> dict[str, float]:
+    flat = np.concatenate([w.ravel() for w in weights])
+    values = {
+        "reg/l1_norm": np.abs(flat).sum(),
+        "reg/l2_norm": math.sqrt(np.square(flat).sum()),
+        "reg/sparsity": (flat == 0).mean(),
+        "reg/near_zero": (np.abs(flat) < tol).mean(),
+    }
+    if penalties:
+        values["reg/l1_penalty"] = L1 * np.abs(flat).sum()
+        values["reg/l2_penalty"] = L2 / 2 * np.square(flat).sum()
+    return values
+
+
+def read_csv(logger: CSVLogger) -> list[dict[str, str]]:
+    with open(Path(logger.log_dir) / "metrics.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+def fit(model: L.LightningModule, callbacks: list[L.Callback], logger: Any, **kwargs: Any) -> L.Trainer:
+    trainer = quiet_trainer(max_epochs=2, logger=logger, callbacks=callbacks, **kwargs)
+    trainer.fit(model, loader(regression_data()))
+    return trainer
+
+
+def test_csv_values_are_the_formulas_over_the_weights_at_that_step(tmp_path: Path) -> None:
+    logger, snapshots = CSVLogger(tmp_path), Snapshots()
+    monitor = RegularizationMonitor(log_every_n_steps=4, per_layer=True)
+    fit(RegRegression(l1=L1, l2=L2), [monitor, snapshots], logger)
+    rows = [row for row in read_csv(logger) if row.get("reg/l1_norm")]
+    assert [int(row["step"]) for row in rows] == [3, 7, 11]  # 12 optimizer steps, every 4th
+    for row in rows:
+        weights = snapshots.weights[int(row["step"]) + 1]
+        for key, want in expected_metrics(weights).items():
+            assert float(row[key]) == pytest.approx(want, rel=1e-9), key
+        for name, w in zip(W_NAMES, weights, strict=True):
+            assert float(row[f"reg/l1_norm/{name}"]) == pytest.approx(np.abs(w).sum(), rel=1e-9)
+            assert float(row[f"reg/sparsity/{name}"]) == (w == 0).mean()
+
+
+def test_tensorboard_receives_the_same_values(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logger, snapshots = TensorBoardLogger(tmp_path), Snapshots()
+    fit(RegRegression(l1=L1, l2=L2), [RegularizationMonitor(log_every_n_steps=6), snapshots], logger)
+    logger.experiment.flush()
+    events = EventAccumulator(logger.log_dir)
+    events.Reload()
+    for key, want_at in (("reg/l1_penalty", "reg/l1_penalty"), ("reg/l2_norm", "reg/l2_norm")):
+        scalars = events.Scalars(key)
+        assert [s.step for s in scalars] == [5, 11]
+        for scalar in scalars:
+            want = expected_metrics(snapshots.weights[scalar.step + 1])[want_at]
+            assert scalar.value == pytest.approx(want, rel=1e-6)  # TensorBoard stores float32
+
+
+class Frozen(RegRegression):
+    """lr = 0: the planted weights stay as planted."""
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+
+def test_sparsity_and_near_zero_count_planted_values(tmp_path: Path) -> None:
+    model = Frozen(l1=L1, l2=L2)
+    with torch.no_grad():
+        first, last = model.net[0].weight, model.net[3].weight  # 16 x 5 and 1 x 16: 96 entries
+        first.fill_(0.5)
+        first[:8] = 0.0  # 40 exact zeros
+        last.fill_(-0.25)
+        last[0, :6] = 1e-4  # 6 more below the tolerance
+    logger = CSVLogger(tmp_path)
+    fit(model, [RegularizationMonitor(log_every_n_steps=1, per_layer=True)], logger)
+    row = [row for row in read_csv(logger) if row.get("reg/sparsity")][-1]
+    assert float(row["reg/sparsity"]) == 40 / 96
+    assert float(row["reg/near_zero"]) == 46 / 96
+    assert float(row["reg/sparsity/net.0.weight"]) == 40 / 80
+    assert float(row["reg/sparsity/net.3.weight"]) == 0.0
+    l1_norm = 0.5 * 40 + 0.25 * 10 + 6e-4
+    assert float(row["reg/l1_norm"]) == pytest.approx(l1_norm, rel=1e-12)
+    assert float(row["reg/l1_penalty"]) == pytest.approx(L1 * l1_norm, rel=1e-12)
+    sq = 0.25 * 40 + 0.0625 * 10 + 6e-8
+    assert float(row["reg/l2_penalty"]) == pytest.approx(L2 / 2 * sq, rel=1e-12)
+
+
+def test_a_run_with_the_monitor_is_bitwise_a_run_without(tmp_path: Path) -> None:
+    with_monitor, without = RegRegression(l1=L1, l2=L2), RegRegression(l1=L1, l2=L2)
+    monitor = RegularizationMonitor(log_every_n_steps=1, per_layer=True, near_zero_tol=0.5)
+    fit(with_monitor, [monitor], CSVLogger(tmp_path / "a"))
+    fit(without, [], CSVLogger(tmp_path / "b"))
+    assert_same_weights(with_monitor, without)
+
+
+def test_any_lightning_module_gets_norms_but_no_penalties(tmp_path: Path) -> None:
+    logger, snapshots = CSVLogger(tmp_path), Snapshots()
+    fit(LitRegression(), [RegularizationMonitor(log_every_n_steps=12), snapshots], logger)
+    (row,) = [row for row in read_csv(logger) if row.get("reg/l1_norm")]
+    assert "reg/l1_penalty" not in row
+    assert "reg/l2_penalty" not in row
+    for key, want in expected_metrics(snapshots.weights[12], penalties=False).items():
+        assert float(row[key]) == pytest.approx(want, rel=1e-9), key
+
+
+def test_with_accumulation_it_logs_after_optimizer_steps_only(tmp_path: Path) -> None:
+    logger, snapshots = CSVLogger(tmp_path), Snapshots()
+    fit(
+        RegRegression(l1=L1, l2=L2),
+        [RegularizationMonitor(log_every_n_steps=2), snapshots],
+        logger,
+        accumulate_grad_batches=3,
+    )
+    rows = [row for row in read_csv(logger) if row.get("reg/l1_norm")]
+    assert [int(row["step"]) for row in rows] == [1, 3]  # 4 optimizer steps in 12 batches
+    for row in rows:
+        want = expected_metrics(snapshots.weights[int(row["step"]) + 1])["reg/l1_norm"]
+        assert float(row["reg/l1_norm"]) == pytest.approx(want, rel=1e-9)
+
+
+def test_default_interval_is_the_trainers(tmp_path: Path) -> None:
+    logger = CSVLogger(tmp_path)
+    fit(RegRegression(l1=L1), [RegularizationMonitor()], logger, log_every_n_steps=5)
+    steps = [int(row["step"]) for row in read_csv(logger) if row.get("reg/l1_norm")]
+    assert steps == [4, 9]
+
+
+class CountOps(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+class CountingMonitor(RegularizationMonitor):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.ops_per_batch: list[list[str]] = []
+
+    def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:
+        with CountOps() as counter:
+            super().on_train_batch_end(*args, **kwargs)
+        self.ops_per_batch.append(counter.ops)
+
+
+def test_no_tensor_work_and_so_no_host_sync_on_steps_that_do_not_log(tmp_path: Path) -> None:
+    monitor = CountingMonitor(log_every_n_steps=5)
+    fit(RegRegression(l1=L1, l2=L2), [monitor], CSVLogger(tmp_path))
+    assert len(monitor.ops_per_batch) == 12
+    for index, ops in enumerate(monitor.ops_per_batch):
+        if (index + 1) % 5 == 0:
+            assert ops, "a logging step computes the statistics"
+        else:
+            assert ops == [], f"batch {index} ran tensor ops: {ops[:3]}"
+
+
+@pytest.mark.parametrize(
+    ("keyword", "value"),
+    [
+        ("log_every_n_steps", 0),
+        ("log_every_n_steps", -3),
+        ("log_every_n_steps", 2.5),
+        ("log_every_n_steps", True),
+        ("per_layer", "yes"),
+        ("near_zero_tol", 0.0),
+        ("near_zero_tol", float("nan")),
+        ("near_zero_tol", "1e-3"),
+    ],
+)
+def test_bad_arguments_are_refused_at_construction(keyword: str, value: Any) -> None:
+    with pytest.raises(ValueError, match=f"^Invalid {keyword}: ") as error:
+        RegularizationMonitor(**{keyword: value})
+    assert repr(value) in str(error.value)
+
+
+def test_a_trainer_without_logger_is_refused_before_training() -> None:
+    model = RegRegression(l1=L1)
+    before = copy.deepcopy(model)
+    with pytest.raises(MisconfigurationException, match="RegularizationMonitor needs a logger"):
+        fit(model, [RegularizationMonitor()], logger=False)
+    assert_same_weights(model, before)

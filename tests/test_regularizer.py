@@ -1,0 +1,125 @@
+"""The plain-PyTorch engine in the tutorial's own bare training loop."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from helpers import assert_same_weights, loader, make_net, regression_data, seed_l1_penalty, train_reference
+from torch import nn
+
+from lightning_reg import Regularizer
+
+L1, L2 = 3e-3, 2e-2
+
+
+def train_with_regularizer(
+    net: nn.Module, *, l1: float, l2: float, optimizer_cls: Any = torch.optim.SGD, **opt: Any
+) -> nn.Module:
+    reg = Regularizer(net, l1=l1, l2=l2)
+    optimizer = optimizer_cls(reg.param_groups(), **opt)
+    for x, y in loader(regression_data()):
+        optimizer.zero_grad()
+        loss = nn.functional.mse_loss(net(x), y) + reg.penalty()
+        loss.backward()
+        optimizer.step()
+    return net
+
+
+@pytest.mark.parametrize(
+    ("optimizer_cls", "options"),
+    [
+        (torch.optim.SGD, {"lr": 0.05}),
+        (torch.optim.SGD, {"lr": 0.05, "momentum": 0.9, "nesterov": True}),
+        (torch.optim.Adam, {"lr": 0.01}),
+        (torch.optim.RMSprop, {"lr": 0.01}),
+    ],
+)
+def test_a_bare_loop_trains_exactly_like_the_recipe(optimizer_cls: Any, options: dict[str, Any]) -> None:
+    trained = train_with_regularizer(make_net(), l1=L1, l2=L2, optimizer_cls=optimizer_cls, **options)
+    expected = train_reference(
+        make_net(),
+        loader(regression_data()),
+        l1=L1,
+        l2=L2,
+        make_optimizer=lambda groups: optimizer_cls(groups, **options),
+    )
+    assert_same_weights(trained, expected)
+
+
+def test_penalty_is_l1_times_the_tutorial_sum() -> None:
+    net = make_net()
+    assert torch.equal(Regularizer(net, l1=L1).penalty(), L1 * seed_l1_penalty(net))
+
+
+def test_penalty_without_l1_is_a_constant_zero() -> None:
+    penalty = Regularizer(make_net(), l2=L2).penalty()
+    assert penalty.item() == 0.0
+    assert not penalty.requires_grad
+
+
+def test_param_groups_cover_every_trainable_parameter_once() -> None:
+    net = make_net()
+    groups = Regularizer(net, l2=L2, exclude=["3.*"]).param_groups()
+    assert [(g["name"], g["weight_decay"]) for g in groups] == [("decay", L2), ("no_decay", 0.0)]
+    assert groups[0]["params"] == [net[0].weight]
+    listed = [id(p) for g in groups for p in g["params"]]
+    assert sorted(listed) == sorted(id(p) for p in net.parameters())
+
+
+def test_statistics_summary_matches_formulas() -> None:
+    net = make_net(hidden=40)
+    with torch.no_grad():
+        net[0].weight[:10] = 0.0
+        net[3].weight[0, :4] = 1e-4
+    reg = Regularizer(net, l1=L1, l2=L2)
+    values = reg.statistics(near_zero_tol=1e-3).summary(per_parameter=True)
+    w = [p.detach().double().numpy() for p in (net[0].weight, net[3].weight)]
+    flat = np.concatenate([a.ravel() for a in w])
+    expected = {
+        "l1_norm": np.abs(flat).sum(),
+        "l2_norm": math.sqrt(np.square(flat).sum()),
+        "sparsity": 10 * 5 / flat.size,
+        "near_zero": (10 * 5 + 4 + int((np.abs(flat) < 1e-3).sum()) - 54) / flat.size,
+        "l1_penalty": L1 * np.abs(flat).sum(),
+        "l2_penalty": L2 / 2 * np.square(flat).sum(),
+        "sparsity/0.weight": 10 * 5 / w[0].size,
+        "sparsity/3.weight": 0.0,
+        "l1_norm/0.weight": np.abs(w[0]).sum(),
+        "l1_norm/3.weight": np.abs(w[1]).sum(),
+    }
+    assert values.keys() == expected.keys()
+    for key, want in expected.items():
+        assert values[key] == pytest.approx(want, rel=1e-12, abs=1e-15), key
+
+
+def test_statistics_without_penalties_omit_them() -> None:
+    summary = Regularizer(make_net()).statistics().summary(penalties=False)
+    assert sorted(summary) == ["l1_norm", "l2_norm", "near_zero", "sparsity"]
+
+
+def test_unmatched_exclude_warns_with_example_names() -> None:
+    with pytest.warns(
+        UserWarning, match=r"'head\.\*' matches no trainable parameter of Sequential.*'0.weight'"
+    ):
+        Regularizer(make_net(), exclude=["head.*"])
+
+
+def test_matching_excludes_do_not_warn() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Regularizer(make_net(), exclude=["*.bias"])
+
+
+@pytest.mark.parametrize(
+    ("keyword", "value"),
+    [("l1", -0.5), ("l2", float("nan")), ("l1", float("-inf")), ("l2", "1e-3"), ("exclude", "bias")],
+)
+def test_bad_input_names_the_argument_and_the_value(keyword: str, value: Any) -> None:
+    with pytest.raises(ValueError, match=f"^Invalid {keyword}: ") as error:
+        Regularizer(make_net(), **{keyword: value})
+    assert repr(value) in str(error.value)
