@@ -39,3 +39,20 @@ def test_numbers_of_any_real_type_are_accepted() -> None:
 def test_options_are_frozen() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         RegularizationOptions().l1 = 1.0  # type: ignore[misc]
+
+
+def test_the_engine_does_not_import_lightning() -> None:
+    """penalties <- selection <- regularizer: plain PyTorch, usable in a bare loop."""
+    import ast
+    from pathlib import Path
+
+    package = Path(lightning_reg.__file__).parent
+    for name in ("options", "selection", "penalties", "param_groups", "regularizer"):
+        tree = ast.parse((package / f"{name}.py").read_text())
+        imported = {
+            alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+        }
+        imported |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        assert not {
+            module for module in imported if module.split(".")[0] in ("lightning", "pytorch_lightning")
+        }, name

@@ -343,3 +343,32 @@ class Manual(RegRegression):
 def test_l1_with_manual_optimization_is_refused_clearly() -> None:
     with pytest.raises(ValueError, match="manual optimization"):
         fit(Manual(l1=L1))
+
+
+FORMATS = {
+    "optimizer": lambda o, s: o,
+    "list": lambda o, s: [o],
+    "tuple-of-lists": lambda o, s: ([o], [s]),
+    "dict": lambda o, s: {"optimizer": o, "lr_scheduler": s},
+    "dict-config": lambda o, s: {"optimizer": o, "lr_scheduler": {"scheduler": s, "interval": "step"}},
+    "list-of-dicts": lambda o, s: [{"optimizer": o, "lr_scheduler": s}],
+}
+
+
+@pytest.mark.parametrize("shape", sorted(FORMATS))
+def test_every_return_format_lightning_accepts_is_split(shape: str) -> None:
+    class Shaped(RegRegression):
+        def configure_optimizers(self) -> Any:
+            optimizer = torch.optim.SGD(self.parameters(), lr=0.05)
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5**step)
+            self.optimizer = optimizer
+            return FORMATS[shape](optimizer, self.scheduler)
+
+    model = Shaped(l2=L2)
+    trainer = fit(model, epochs=1)
+    assert [g["name"] for g in model.optimizer.param_groups] == ["decay", "no_decay"]
+    if shape != "optimizer" and shape != "list":
+        lrs = [g["lr"] for g in model.optimizer.param_groups]
+        steps = 6 if shape == "dict-config" else 1
+        assert lrs == [0.05 * 0.5**steps] * 2
+    assert trainer.optimizers[0] is model.optimizer
