@@ -60,6 +60,7 @@ def read_csv(logger: CSVLogger) -> list[dict[str, str]]:
 
 
 def fit(model: L.LightningModule, callbacks: list[L.Callback], logger: Any, **kwargs: Any) -> L.Trainer:
+    kwargs.setdefault("log_every_n_steps", 1)
     trainer = quiet_trainer(max_epochs=2, logger=logger, callbacks=callbacks, **kwargs)
     trainer.fit(model, loader(regression_data()))
     return trainer
