@@ -373,3 +373,32 @@ def test_every_return_format_lightning_accepts_is_split(shape: str) -> None:
         steps = 6 if shape == "dict-config" else 1
         assert lrs == [0.05 * 0.5**steps] * 2
     assert trainer.optimizers[0] is model.optimizer
+
+
+def test_the_mixin_also_serves_the_pytorch_lightning_package() -> None:
+    pl = pytest.importorskip("pytorch_lightning")
+
+    class Legacy(pl.LightningModule):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = make_net()
+
+        def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+            return nn.functional.mse_loss(self.net(batch[0]), batch[1])
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=0.05)
+
+    class RegLegacy(RegularizedModule, Legacy):
+        pass
+
+    model = RegLegacy(l1=L1, l2=L2)
+    trainer = pl.Trainer(
+        max_epochs=2,
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(model, loader(regression_data()))
+    assert_same_weights(model.net, reference())
