@@ -18,6 +18,7 @@ from helpers import (
     quiet_trainer,
     regression_data,
     seed_l1_penalty,
+    seed_param_groups,
     train_reference,
 )
 from lightning.pytorch.callbacks import LearningRateMonitor
@@ -196,11 +197,7 @@ def test_a_scheduler_drives_every_group_after_the_split(tmp_path: Any) -> None:
         return torch.optim.SGD(groups, lr=0.05, momentum=0.9)
 
     expected = make_net()
-    ref_groups = [
-        {"params": [p for p in expected.parameters() if p.dim() > 1], "weight_decay": L2},
-        {"params": [p for p in expected.parameters() if p.dim() <= 1], "weight_decay": 0.0},
-    ]
-    ref_opt = sgd(ref_groups)
+    ref_opt = sgd(seed_param_groups(expected, L2))
     ref_sched = torch.optim.lr_scheduler.StepLR(ref_opt, step_size=2, gamma=0.5)
     for _ in range(2):
         for x, y in loader(regression_data()):
