@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from torch import Tensor
 from torch.optim import Optimizer
 
-from lightning_reg.options import RegularizationOptions
+from lightning_reg.options import GroupBy, L1Mode, L2Mode, RegularizationOptions
 from lightning_reg.regularizer import Regularizer
 
 if TYPE_CHECKING:
@@ -31,9 +31,9 @@ _MARK = "_lightning_reg_hook"
 
 
 def _add_penalty(module: RegularizedModule, output: Any) -> Any:
-    """Add the L1 term to the loss a training step returns."""
+    """Add the loss-mode terms to the loss a training step returns."""
     regularizer = module.regularizer
-    if regularizer.l1 == 0 or output is None:
+    if not regularizer.adds_to_loss or output is None:
         return output
     if isinstance(output, Tensor):
         return output + regularizer.penalty()
@@ -42,24 +42,25 @@ def _add_penalty(module: RegularizedModule, output: Any) -> Any:
     return output
 
 
-def _apply_weight_decay(module: RegularizedModule, output: Any) -> Any:
-    """Split the returned optimizers' groups so that only ``W`` decays."""
+def _attach_to_optimizers(module: RegularizedModule, output: Any) -> Any:
+    """Give the returned optimizers the optimizer-side terms (weight decay groups, step hooks)."""
     regularizer = module.regularizer
-    if regularizer.l1 > 0 and not module.automatic_optimization:
+    if regularizer.adds_to_loss and not module.automatic_optimization:
         raise ValueError(
-            f"Invalid l1: {regularizer.l1!r}: RegularizedModule adds L1 to the loss returned by "
-            "training_step, which manual optimization does not use. Use automatic optimization or l1=0."
+            f"Invalid options {module.regularization_options}: loss-mode terms are added to the loss "
+            "returned by training_step, which manual optimization does not use. Use automatic "
+            'optimization, or l1_mode="proximal" and l2_mode="weight_decay" or "decoupled".'
         )
     optimizers = [item for item in _walk(output) if isinstance(item, Optimizer)]
     schedulers = [item for item in _walk(output) if isinstance(getattr(item, "optimizer", None), Optimizer)]
     for optimizer in optimizers:
-        regularizer.apply_weight_decay(optimizer, schedulers)
+        regularizer.attach(optimizer, schedulers)
     return output
 
 
 _FINISHERS: dict[str, Callable[[RegularizedModule, Any], Any]] = {
     "training_step": _add_penalty,
-    "configure_optimizers": _apply_weight_decay,
+    "configure_optimizers": _attach_to_optimizers,
 }
 
 
@@ -111,31 +112,42 @@ def _check_base_order(cls: type) -> None:
 
 
 class RegularizedModule(_Base):
-    """Mixin that regularizes a ``LightningModule``: L1 in the loss, L2 as the optimizer's weight decay.
+    """Mixin that regularizes a ``LightningModule``: L1, group L1 and L2, in the loss or the optimizer.
 
     The regularized parameters ``W`` are the trainable floating-point parameters with ``dim() > 1``,
     minus those matching an ``exclude`` glob or named by the module's ``no_weight_decay()``; tied
     parameters count once. They are chosen when ``configure_optimizers`` runs, so layers built in
     ``configure_model`` are included.
 
-    - ``training_step``: the loss it returns (a tensor, or a dict's ``"loss"``; ``None`` passes) becomes
-      ``loss + l1 * sum(|w| for w in W)``, once per step, however many ``super().training_step`` calls
-      the class hierarchy makes.
-    - ``configure_optimizers``: with ``l2 > 0``, every returned optimizer's groups are split into ``W``
-      (``weight_decay=l2``) and the rest (``weight_decay=0``), named ``decay`` / ``no_decay``; schedulers
-      returned with it keep driving every group. With ``l2 == 0`` optimizers are left as built.
+    - ``training_step``: the loss it returns (a tensor, or a dict's ``"loss"``; ``None`` passes) gains the
+      loss-mode terms: ``l1 * sum|w| + group_l1 * sum_g ||w_g||`` with ``l1_mode="loss"`` and
+      ``l2 / 2 * sum w^2`` with ``l2_mode="loss"``; once per step, however many
+      ``super().training_step`` calls the class hierarchy makes. In the other modes those terms are not
+      in the returned loss: they act on the weights at the optimizer step.
+    - ``configure_optimizers``: with ``l2_mode="weight_decay"`` and ``l2 > 0``, every returned
+      optimizer's groups are split into ``W`` (``weight_decay=l2``) and the rest (``weight_decay=0``),
+      named ``decay`` / ``no_decay``; schedulers returned with it keep driving every group. With
+      ``l2 == 0`` the groups are left as built. ``l1_mode="proximal"`` soft-thresholds ``W`` by
+      ``lr * l1`` (and block-shrinks its groups by ``lr * group_l1``) after every optimizer step;
+      ``l2_mode="decoupled"`` multiplies ``W`` by ``1 - lr * l2`` right before every update (Adam then
+      is AdamW). ``lr`` is the learning rate of the group holding the weight at that step.
     - The options are saved in ``hparams``, so ``load_from_checkpoint`` rebuilds the same regularization.
 
     Args:
-        l1: strength of the L1 term added to the training loss.
-        l2: weight decay of ``W``: PyTorch's ``weight_decay`` (gradient ``l2 * w``; decoupled in AdamW).
+        l1: strength of the L1 term ``l1 * sum|w|``.
+        l2: strength of the L2 term ``l2 / 2 * sum w^2``: PyTorch's ``weight_decay`` (gradient ``l2 * w``).
         exclude: glob patterns over ``named_parameters()`` names never to regularize.
+        l1_mode: ``"loss"`` (the tutorial's) or ``"proximal"`` (exact zeros), for ``l1`` and ``group_l1``.
+        group_l1: strength of the group term ``group_l1 * sum_g ||w_g||_2``.
+        group_by: ``"rows"`` (dim 0: output units) or ``"columns"`` (dim 1: input units) form the groups.
+        l2_mode: ``"weight_decay"`` (the tutorial's), ``"loss"`` or ``"decoupled"``.
         *args, **kwargs: passed on to the next class's ``__init__``.
 
     Raises:
-        ValueError: at construction, for a negative, NaN, infinite or non-numeric strength or a bad
-            ``exclude``; when ``configure_optimizers`` runs, for ``l2 > 0`` with an optimizer that has no
-            ``weight_decay`` or already has a different one, and for ``l1 > 0`` with manual optimization.
+        ValueError: at construction, for a negative, NaN, infinite or non-numeric strength, a bad
+            ``exclude``, mode or ``group_by``; when ``configure_optimizers`` runs, for an optimizer that
+            cannot carry the L2 mode (no ``weight_decay``, or its own decay of ``W``), and for loss-mode
+            terms with manual optimization.
         TypeError: at class creation, when the mixin is placed after a ``LightningModule`` in the bases.
 
     Example::
@@ -165,9 +177,21 @@ class RegularizedModule(_Base):
         l1: float = 0.0,
         l2: float = 0.0,
         exclude: Sequence[str] = (),
+        l1_mode: L1Mode = "loss",
+        group_l1: float = 0.0,
+        group_by: GroupBy = "rows",
+        l2_mode: L2Mode = "weight_decay",
         **kwargs: Any,
     ) -> None:
-        self._reg_options = RegularizationOptions(l1=l1, l2=l2, exclude=exclude)
+        self._reg_options = RegularizationOptions(
+            l1=l1,
+            l2=l2,
+            exclude=exclude,
+            l1_mode=l1_mode,
+            group_l1=group_l1,
+            group_by=group_by,
+            l2_mode=l2_mode,
+        )
         self._regularizer: Regularizer | None = None
         self._reg_active: set[str] = set()
         super().__init__(*args, **kwargs)

@@ -10,7 +10,15 @@ import math
 import numbers
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
+
+L1Mode = Literal["loss", "proximal"]
+L2Mode = Literal["weight_decay", "loss", "decoupled"]
+GroupBy = Literal["rows", "columns"]
+
+L1_MODES: tuple[L1Mode, ...] = ("loss", "proximal")
+L2_MODES: tuple[L2Mode, ...] = ("weight_decay", "loss", "decoupled")
+GROUP_BY: tuple[GroupBy, ...] = ("rows", "columns")
 
 
 def check_strength(name: str, value: object) -> float:
@@ -31,6 +39,20 @@ def check_strength(name: str, value: object) -> float:
     if not math.isfinite(number) or number < 0:
         raise ValueError(f"Invalid {name}: {value!r} (expected a finite number >= 0)")
     return number
+
+
+def check_choice(name: str, value: object, choices: tuple[str, ...]) -> str:
+    """Return ``value`` if it is one of ``choices``, else raise ``ValueError`` naming it.
+
+    >>> check_choice("l1_mode", "prox", ("loss", "proximal"))
+    Traceback (most recent call last):
+    ...
+    ValueError: Invalid l1_mode: 'prox' (expected one of 'loss', 'proximal')
+    """
+    if not isinstance(value, str) or value not in choices:
+        expected = ", ".join(repr(choice) for choice in choices)
+        raise ValueError(f"Invalid {name}: {value!r} (expected one of {expected})")
+    return value
 
 
 def check_globs(name: str, value: object) -> tuple[str, ...]:
@@ -56,13 +78,22 @@ class RegularizationOptions:
     """What to regularize and how strongly; validated on construction.
 
     Attributes:
-        l1: strength of the L1 term ``l1 * sum(|w|)`` added to the training loss.
-        l2: the optimizer's ``weight_decay`` on the regularized parameters (gradient ``l2 * w``,
-            the loss term ``l2 / 2 * sum(w**2)``).
+        l1: strength of the L1 penalty ``l1 * sum(|w|)``.
+        l2: strength of the L2 penalty ``l2 / 2 * sum(w**2)`` (gradient ``l2 * w``: PyTorch's
+            ``weight_decay``).
         exclude: glob patterns over ``named_parameters()`` names that are never regularized.
+        l1_mode: ``"loss"`` adds the L1 and group-L1 terms to the training loss; ``"proximal"`` applies
+            their proximal operators (soft thresholding) after every optimizer step, giving exact zeros.
+        group_l1: strength of the group penalty ``group_l1 * sum_g ||w_g||_2`` over the slices ``w_g``
+            of each weight along ``group_by``.
+        group_by: ``"rows"`` (dim 0: output units, conv filters) or ``"columns"`` (dim 1: input units,
+            input channels).
+        l2_mode: ``"weight_decay"`` sets the optimizer's ``weight_decay``; ``"loss"`` adds the L2 term to
+            the loss; ``"decoupled"`` multiplies ``w`` by ``1 - lr * l2`` before every optimizer update.
 
-    >>> RegularizationOptions(l1=1e-5, l2=1e-4, exclude=["*.bias"])
-    RegularizationOptions(l1=1e-05, l2=0.0001, exclude=('*.bias',))
+    >>> RegularizationOptions(l1=1e-5, l2=1e-4, exclude=["*.bias"])  # doctest: +NORMALIZE_WHITESPACE
+    RegularizationOptions(l1=1e-05, l2=0.0001, exclude=('*.bias',), l1_mode='loss', group_l1=0.0,
+                          group_by='rows', l2_mode='weight_decay')
     >>> RegularizationOptions(l1=float("nan"))
     Traceback (most recent call last):
     ...
@@ -72,11 +103,23 @@ class RegularizationOptions:
     l1: float = 0.0
     l2: float = 0.0
     exclude: Sequence[str] = field(default=())
+    l1_mode: L1Mode = "loss"
+    group_l1: float = 0.0
+    group_by: GroupBy = "rows"
+    l2_mode: L2Mode = "weight_decay"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "l1", check_strength("l1", self.l1))
-        object.__setattr__(self, "l2", check_strength("l2", self.l2))
-        object.__setattr__(self, "exclude", check_globs("exclude", self.exclude))
+        checked = {
+            "l1": check_strength("l1", self.l1),
+            "l2": check_strength("l2", self.l2),
+            "exclude": check_globs("exclude", self.exclude),
+            "l1_mode": check_choice("l1_mode", self.l1_mode, L1_MODES),
+            "group_l1": check_strength("group_l1", self.group_l1),
+            "group_by": check_choice("group_by", self.group_by, GROUP_BY),
+            "l2_mode": check_choice("l2_mode", self.l2_mode, L2_MODES),
+        }
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
 
     def as_hparams(self) -> dict[str, Any]:
         """The options as plain values (lists, floats) for ``hparams`` and checkpoints."""

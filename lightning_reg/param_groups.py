@@ -87,6 +87,22 @@ def split_optimizer(
         _expand_scheduler(scheduler, optimizer, origin, len(old_groups))
 
 
+def check_no_own_decay(optimizer: Optimizer, regularized: Iterable[Tensor], reason: str) -> None:
+    """Refuse an optimizer whose groups already decay regularized parameters: L2 would apply twice.
+
+    Raises:
+        ValueError: a group holding a regularized parameter has a non-zero ``weight_decay``.
+    """
+    chosen = {id(param) for param in regularized}
+    for index, group in enumerate(optimizer.param_groups):
+        decay = group.get("weight_decay", 0)
+        if decay != 0 and any(id(p) in chosen for p in group["params"]):
+            raise ValueError(
+                f"{type(optimizer).__name__} param group {index} has weight_decay={decay!r}, but {reason} "
+                "applies L2 itself. Build the optimizer with weight_decay=0 (note AdamW's default is 0.01)."
+            )
+
+
 def _already_split(optimizer: Optimizer, chosen: set[int], weight_decay: float) -> bool:
     """True when every group is wholly regularized with ``weight_decay`` or wholly not with ``0``."""
     for group in optimizer.param_groups:

@@ -8,7 +8,34 @@ import torch
 from torch import Tensor
 
 #: Columns of the table returned by :func:`weight_statistics`.
-STATISTICS_COLUMNS = ("abs_sum", "sq_sum", "zeros", "near_zero")
+STATISTICS_COLUMNS = ("abs_sum", "sq_sum", "zeros", "near_zero", "group_norm_sum", "dead_groups")
+
+
+def grouped(param: Tensor, group_by: str) -> Tensor:
+    """``param`` as a matrix with one row per group: its slices along dim 0 (``"rows"``) or dim 1.
+
+    >>> grouped(torch.arange(6.0).reshape(2, 3), "columns")
+    tensor([[0., 3.],
+            [1., 4.],
+            [2., 5.]])
+    """
+    matrix: Tensor = (
+        param.reshape(param.shape[0], -1)
+        if group_by == "rows"
+        else param.transpose(0, 1).reshape(param.shape[1], -1)
+    )
+    return matrix
+
+
+def group_count(param: Tensor, group_by: str) -> int:
+    """How many groups ``param`` has along ``group_by``."""
+    return int(param.shape[0] if group_by == "rows" else param.shape[1])
+
+
+def group_norms(param: Tensor, group_by: str) -> Tensor:
+    """The L2 norm of each group of ``param``; differentiable, with a zero (not NaN) gradient at 0."""
+    norms: Tensor = torch.linalg.vector_norm(grouped(param, group_by), dim=1)
+    return norms
 
 
 def l1_norm(params: Sequence[Tensor]) -> Tensor:
@@ -28,15 +55,81 @@ def l1_norm(params: Sequence[Tensor]) -> Tensor:
     return total
 
 
-def weight_statistics(params: Sequence[Tensor], near_zero_tol: float) -> Tensor:
-    """One row per parameter: ``sum|w|``, ``sum w^2``, count of ``w == 0``, count of ``|w| < tol``.
+def squared_norm(params: Sequence[Tensor]) -> Tensor:
+    """``sum(w**2)`` over all ``params``, differentiable, accumulated in parameter order.
+
+    >>> squared_norm([torch.tensor([[1.0, -2.0]]), torch.tensor([[3.0]])])
+    tensor(14.)
+    """
+    if not params:
+        return torch.zeros(())
+    total = torch.sum(params[0] * params[0])
+    for param in params[1:]:
+        total = total + torch.sum(param * param)
+    return total
+
+
+def group_l1_norm(params: Sequence[Tensor], group_by: str) -> Tensor:
+    """``sum_g ||w_g||_2`` over the groups of all ``params``, differentiable.
+
+    >>> group_l1_norm([torch.tensor([[3.0, 4.0], [0.0, 0.0]])], "rows")
+    tensor(5.)
+    """
+    if not params:
+        return torch.zeros(())
+    total = group_norms(params[0], group_by).sum()
+    for param in params[1:]:
+        total = total + group_norms(param, group_by).sum()
+    return total
+
+
+@torch.no_grad()
+def soft_threshold_(param: Tensor, threshold: float | Tensor) -> None:
+    """In place, ``w <- sign(w) * max(|w| - threshold, 0)``: the proximal operator of ``threshold * |w|``.
+
+    Computed as ``w - clamp(w, -t, t)``, which is that formula to the last bit and exactly ``0`` where
+    ``|w| <= t``.
+
+    >>> w = torch.tensor([-1.5, -0.2, 0.0, 0.3, 2.0])
+    >>> soft_threshold_(w, 0.5)
+    >>> w
+    tensor([-1.0000,  0.0000,  0.0000,  0.0000,  1.5000])
+    """
+    if isinstance(threshold, Tensor):
+        param.sub_(param.clamp(-threshold, threshold))
+    else:
+        param.sub_(param.clamp(-threshold, threshold))
+
+
+@torch.no_grad()
+def group_shrink_(param: Tensor, threshold: float | Tensor, group_by: str) -> None:
+    """In place, ``w_g <- w_g * max(0, 1 - threshold / ||w_g||)`` for every group ``g`` along ``group_by``.
+
+    The proximal operator of ``threshold * sum_g ||w_g||_2``: a group whose norm is at most ``threshold``
+    becomes exactly ``0``.
+
+    >>> w = torch.tensor([[3.0, 4.0], [0.3, 0.4]])
+    >>> group_shrink_(w, 1.0, "rows")
+    >>> w
+    tensor([[2.4000, 3.2000],
+            [0.0000, 0.0000]])
+    """
+    norms = group_norms(param, group_by)
+    scale = (1 - threshold / norms.clamp_min(torch.finfo(norms.dtype).tiny)).clamp_min(0)
+    shape = [-1, 1] if group_by == "rows" else [1, -1]
+    param.mul_(scale.reshape(shape + [1] * (param.dim() - 2)))
+
+
+def weight_statistics(params: Sequence[Tensor], near_zero_tol: float, group_by: str = "rows") -> Tensor:
+    """One row per parameter: ``sum|w|``, ``sum w^2``, count of ``w == 0``, count of ``|w| < tol``,
+    ``sum_g ||w_g||`` and the count of groups that are entirely ``0`` (groups along ``group_by``).
 
     Computed without autograd and accumulated in float64 (float32 on devices without float64), so
     that the sums of large models stay exact to float32 precision. Every column is a sum over entries,
     so tables from shards of one tensor combine by addition.
 
     >>> weight_statistics([torch.tensor([[0.0, -2.0, 1e-4]])], near_zero_tol=1e-3)
-    tensor([[2.0001, 4.0000, 1.0000, 2.0000]], dtype=torch.float64)
+    tensor([[2.0001, 4.0000, 1.0000, 2.0000, 2.0000, 0.0000]], dtype=torch.float64)
     """
     if not params:
         return torch.zeros((0, len(STATISTICS_COLUMNS)), dtype=torch.float64)
@@ -47,6 +140,7 @@ def weight_statistics(params: Sequence[Tensor], near_zero_tol: float) -> Tensor:
         for param in params:
             values = param.detach()
             magnitude = values.abs()
+            norms = torch.linalg.vector_norm(grouped(values, group_by), dim=1, dtype=dtype)
             rows.append(
                 torch.stack(
                     (
@@ -54,6 +148,8 @@ def weight_statistics(params: Sequence[Tensor], near_zero_tol: float) -> Tensor:
                         torch.linalg.vector_norm(values, dtype=dtype).square(),
                         (values == 0).sum().to(dtype),
                         (magnitude < near_zero_tol).sum().to(dtype),
+                        norms.sum(),
+                        (norms == 0).sum().to(dtype),
                     )
                 )
             )

@@ -12,9 +12,19 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from lightning_reg.options import RegularizationOptions
-from lightning_reg.param_groups import decay_groups, split_optimizer
-from lightning_reg.penalties import l1_norm, weight_statistics
+from lightning_reg import step_hooks
+from lightning_reg.options import GroupBy, L1Mode, L2Mode, RegularizationOptions
+from lightning_reg.param_groups import check_no_own_decay, decay_groups, split_optimizer
+from lightning_reg.penalties import (
+    STATISTICS_COLUMNS,
+    group_count,
+    group_l1_norm,
+    group_shrink_,
+    l1_norm,
+    soft_threshold_,
+    squared_norm,
+    weight_statistics,
+)
 from lightning_reg.selection import Selection, select_parameters
 
 #: Default threshold below which a weight counts as "near zero" in the statistics.
@@ -28,15 +38,29 @@ class Regularizer:
     :func:`~lightning_reg.selection.select_parameters`: trainable floating-point parameters with
     ``dim() > 1``, minus ``exclude`` globs and the model's ``no_weight_decay()`` names.
 
+    How each term reaches the weights (see :class:`~lightning_reg.options.RegularizationOptions`):
+
+    - in the loss: :meth:`penalty` returns ``l1 * sum|w|`` and ``group_l1 * sum_g ||w_g||`` when
+      ``l1_mode="loss"``, and ``l2 / 2 * sum w^2`` when ``l2_mode="loss"``;
+    - in the optimizer: :meth:`param_groups` (new optimizers) and :meth:`attach` (existing ones) give
+      ``W`` ``weight_decay=l2`` when ``l2_mode="weight_decay"``; :meth:`attach` also installs the
+      step-bound updates of the other modes: ``w <- w * (1 - lr * l2)`` right before each update
+      (``"decoupled"``) and the proximal operators of the L1 and group terms right after it
+      (``"proximal"``), with ``lr`` the learning rate of the group holding ``w`` at that step.
+
     Args:
         model: the module whose parameters are regularized.
-        l1: strength of the L1 term ``l1 * sum(|w|)`` that :meth:`penalty` returns.
-        l2: the ``weight_decay`` that :meth:`param_groups` gives the regularized parameters.
+        l1: strength of the L1 term ``l1 * sum|w|``.
+        l2: strength of the L2 term ``l2 / 2 * sum w^2`` (PyTorch's ``weight_decay``).
         exclude: glob patterns over parameter names that are never regularized.
+        l1_mode: ``"loss"`` or ``"proximal"``, for the L1 and group-L1 terms.
+        group_l1: strength of the group term ``group_l1 * sum_g ||w_g||_2``.
+        group_by: ``"rows"`` (slices along dim 0) or ``"columns"`` (along dim 1) form the groups.
+        l2_mode: ``"weight_decay"``, ``"loss"`` or ``"decoupled"``.
 
     Raises:
         ValueError: a strength is negative, NaN, infinite or not a number; ``exclude`` is not a list of
-            non-empty strings.
+            non-empty strings; a mode or ``group_by`` is not one of its choices.
 
     Warns:
         UserWarning: an ``exclude`` pattern matches no parameter.
@@ -54,8 +78,9 @@ class Regularizer:
         ...     loss = nn.functional.mse_loss(model(x), y) + reg.penalty()
         ...     loss.backward()
         ...     optimizer.step()
-        >>> sorted(reg.statistics().summary())
-        ['l1_norm', 'l1_penalty', 'l2_norm', 'l2_penalty', 'near_zero', 'sparsity']
+        >>> sorted(reg.statistics().summary())  # doctest: +NORMALIZE_WHITESPACE
+        ['dead_units', 'group_l1_penalty', 'l1_norm', 'l1_penalty', 'l2_norm', 'l2_penalty',
+         'near_zero', 'sparsity']
     """
 
     def __init__(
@@ -65,9 +90,22 @@ class Regularizer:
         l1: float = 0.0,
         l2: float = 0.0,
         exclude: Sequence[str] = (),
+        l1_mode: L1Mode = "loss",
+        group_l1: float = 0.0,
+        group_by: GroupBy = "rows",
+        l2_mode: L2Mode = "weight_decay",
     ) -> None:
-        self.options = RegularizationOptions(l1=l1, l2=l2, exclude=exclude)
+        self.options = RegularizationOptions(
+            l1=l1,
+            l2=l2,
+            exclude=exclude,
+            l1_mode=l1_mode,
+            group_l1=group_l1,
+            group_by=group_by,
+            l2_mode=l2_mode,
+        )
         self.selection: Selection = select_parameters(model, self.options.exclude)
+        self._chosen_ids = frozenset(id(param) for _, param in self.selection.regularized)
         for pattern in self.selection.unmatched:
             warnings.warn(
                 f"exclude pattern {pattern!r} matches no trainable parameter of "
@@ -79,7 +117,7 @@ class Regularizer:
     @classmethod
     def from_options(cls, model: nn.Module, options: RegularizationOptions) -> Regularizer:
         """Build from already validated options."""
-        return cls(model, l1=options.l1, l2=options.l2, exclude=options.exclude)
+        return cls(model, **options.as_hparams())
 
     @property
     def l1(self) -> float:
@@ -88,6 +126,10 @@ class Regularizer:
     @property
     def l2(self) -> float:
         return self.options.l2
+
+    @property
+    def group_l1(self) -> float:
+        return self.options.group_l1
 
     @property
     def names(self) -> list[str]:
@@ -100,39 +142,112 @@ class Regularizer:
         return [param for _, param in self.selection.regularized]
 
     def penalty(self) -> Tensor:
-        """The L1 term ``l1 * sum(|w| for w in W)`` to add to the loss; a constant zero when ``l1 == 0``."""
-        params = self.parameters
-        if self.l1 == 0 or not params:
-            device = params[0].device if params else None
-            return torch.zeros((), device=device)
-        return self.l1 * l1_norm(params)
+        """The terms to add to the loss (see the class docstring); a constant zero when there are none."""
+        params, options = self.parameters, self.options
+        terms = []
+        if options.l1_mode == "loss" and options.l1 > 0:
+            terms.append(options.l1 * l1_norm(params))
+        if options.l1_mode == "loss" and options.group_l1 > 0:
+            terms.append(options.group_l1 * group_l1_norm(params, options.group_by))
+        if options.l2_mode == "loss" and options.l2 > 0:
+            terms.append(options.l2 / 2 * squared_norm(params))
+        if not terms or not params:
+            return torch.zeros((), device=params[0].device if params else None)
+        total = terms[0]
+        for term in terms[1:]:
+            total = total + term
+        return total
+
+    @property
+    def adds_to_loss(self) -> bool:
+        """Whether :meth:`penalty` has any term: the Lightning adapter skips it when not."""
+        options = self.options
+        in_loss = options.l1_mode == "loss" and (options.l1 > 0 or options.group_l1 > 0)
+        return bool(self.parameters) and (in_loss or (options.l2_mode == "loss" and options.l2 > 0))
 
     def param_groups(self) -> list[dict[str, Any]]:
         """Optimizer groups: ``W`` with ``weight_decay=l2``, every other trainable parameter with ``0``.
 
-        Pass them to any optimizer that has ``weight_decay``: ``torch.optim.SGD(reg.param_groups(), lr=0.1)``.
+        With ``l2_mode`` other than ``"weight_decay"`` both groups get ``weight_decay=0``. Pass them to
+        any optimizer that has ``weight_decay``: ``torch.optim.SGD(reg.param_groups(), lr=0.1)``; call
+        :meth:`attach` on it for the proximal and decoupled modes.
         """
         others = [param for _, param in self.selection.others]
-        return decay_groups(self.parameters, others, self.l2)
+        decay = self.l2 if self.options.l2_mode == "weight_decay" else 0.0
+        return decay_groups(self.parameters, others, decay)
 
-    def apply_weight_decay(self, optimizer: Optimizer, schedulers: Iterable[Any] = ()) -> None:
-        """Split an existing optimizer's groups so that only ``W`` decays, with ``weight_decay=l2``.
+    def attach(self, optimizer: Optimizer, schedulers: Iterable[Any] = ()) -> None:
+        """Make an existing optimizer carry this regularization's optimizer-side terms.
 
-        Does nothing when ``l2 == 0``, so an optimizer's own settings stay as they were built.
-        See :func:`~lightning_reg.param_groups.split_optimizer` for the group names and what is refused.
+        - ``l2_mode="weight_decay"``, ``l2 > 0``: split its groups so that only ``W`` decays, with
+          ``weight_decay=l2`` (:func:`~lightning_reg.param_groups.split_optimizer`; ``schedulers`` bound
+          to it are expanded to match). With ``l2 == 0`` the groups are left as built.
+        - ``"decoupled"`` or ``"loss"`` L2: the optimizer's own weight decay of ``W`` must be ``0``.
+        - installs the decoupled decay (before each update) and the proximal step (after each update),
+          when those modes have a strength. Attaching again replaces the earlier hooks.
+
+        Raises:
+            ValueError: see :func:`~lightning_reg.param_groups.split_optimizer`; and for a non-zero
+                ``weight_decay`` on ``W`` with ``l2_mode`` ``"loss"`` or ``"decoupled"``.
         """
-        if self.l2 > 0:
-            split_optimizer(optimizer, self.parameters, self.l2, schedulers)
+        options = self.options
+        if options.l2_mode == "weight_decay" and options.l2 > 0:
+            split_optimizer(optimizer, self.parameters, options.l2, schedulers)
+        elif options.l2_mode != "weight_decay" and options.l2 > 0:
+            check_no_own_decay(optimizer, self.parameters, f"l2_mode={options.l2_mode!r}")
+        decoupled = options.l2_mode == "decoupled" and options.l2 > 0
+        proximal = options.l1_mode == "proximal" and (options.l1 > 0 or options.group_l1 > 0)
+        step_hooks.attach(
+            optimizer,
+            before=self.decoupled_decay if decoupled else None,
+            after=self.proximal_step if proximal else None,
+        )
+
+    @torch.no_grad()
+    def decoupled_decay(self, optimizer: Optimizer) -> None:
+        """``w <- w * (1 - lr * l2)`` for each ``w`` of ``W`` in ``optimizer`` that has a gradient.
+
+        What AdamW does before its update; called by the hook :meth:`attach` installs.
+        """
+        for lr, params in self._by_group(optimizer):
+            for param in params:
+                param.mul_(1 - lr * self.l2)
+
+    @torch.no_grad()
+    def proximal_step(self, optimizer: Optimizer) -> None:
+        """Apply the proximal operators of the L1 and group terms, with each group's learning rate.
+
+        ``w <- sign(w) * max(|w| - lr * l1, 0)``, then ``w_g <- w_g * max(0, 1 - lr * group_l1 / ||w_g||)``:
+        together the exact proximal operator of ``l1 * |w| + group_l1 * ||w_g||`` (sparse group lasso).
+        Only ``W`` that has a gradient at this step is touched, as the optimizer touches only those.
+        """
+        options = self.options
+        for lr, params in self._by_group(optimizer):
+            for param in params:
+                if options.l1 > 0:
+                    soft_threshold_(param, lr * options.l1)
+                if options.group_l1 > 0:
+                    group_shrink_(param, lr * options.group_l1, options.group_by)
+
+    def _by_group(self, optimizer: Optimizer) -> Iterable[tuple[Any, list[Tensor]]]:
+        """``(lr, the params of W in the group that have a gradient)`` for each group of ``optimizer``."""
+        chosen = self._chosen_ids
+        for group in optimizer.param_groups:
+            params = [p for p in group["params"] if id(p) in chosen and p.grad is not None]
+            if params:
+                yield group["lr"], params
 
     def statistics(self, near_zero_tol: float = NEAR_ZERO_TOL) -> WeightStatistics:
         """Norms and zero counts of ``W``, as tensors on the weights' device (no host synchronisation)."""
-        params = self.parameters
+        params, group_by = self.parameters, self.options.group_by
         return WeightStatistics(
             names=tuple(self.names),
             numels=tuple(param.numel() for param in params),
-            table=weight_statistics(params, near_zero_tol),
+            groups=tuple(group_count(param, group_by) for param in params),
+            table=weight_statistics(params, near_zero_tol, group_by),
             l1=self.l1,
             l2=self.l2,
+            group_l1=self.group_l1,
         )
 
     @staticmethod
@@ -147,39 +262,46 @@ class WeightStatistics:
     Attributes:
         names: parameter names, one per row of ``table``.
         numels: entry counts, one per row.
-        table: ``(len(names), 4)`` float64 tensor of ``sum|w|``, ``sum w^2``, ``#(w == 0)``,
-            ``#(|w| < tol)`` per parameter.
+        groups: group counts (along ``group_by``), one per row.
+        table: ``(len(names), 6)`` float64 tensor, per parameter: ``sum|w|``, ``sum w^2``,
+            ``#(w == 0)``, ``#(|w| < tol)``, ``sum_g ||w_g||``, ``#(w_g == 0)``.
         l1: the L1 strength, for ``l1_penalty``.
         l2: the L2 strength, for ``l2_penalty``.
+        group_l1: the group strength, for ``group_l1_penalty``.
     """
 
     names: tuple[str, ...]
     numels: tuple[int, ...]
+    groups: tuple[int, ...]
     table: Tensor
     l1: float
     l2: float
+    group_l1: float
 
     def summary(self, per_parameter: bool = False, penalties: bool = True) -> dict[str, float]:
         """The values as floats, read from the device in one transfer.
 
         Keys: ``l1_norm`` (``sum|w|``), ``l2_norm`` (``sqrt(sum w^2)``), ``sparsity`` (fraction of
-        entries exactly ``0``), ``near_zero`` (fraction below the tolerance); with ``penalties``,
-        ``l1_penalty`` (``l1 * l1_norm``) and ``l2_penalty`` (``l2 / 2 * sum w^2``); with
-        ``per_parameter``, ``sparsity/<name>`` and ``l1_norm/<name>`` for each parameter.
+        entries exactly ``0``), ``near_zero`` (fraction below the tolerance), ``dead_units`` (fraction of
+        groups entirely ``0``); with ``penalties``, ``l1_penalty`` (``l1 * l1_norm``), ``l2_penalty``
+        (``l2 / 2 * sum w^2``) and ``group_l1_penalty`` (``group_l1 * sum_g ||w_g||``); with
+        ``per_parameter``, ``sparsity/<name>``, ``l1_norm/<name>`` and ``dead_units/<name>``.
         """
         rows = self.table.tolist()
-        abs_sum = math.fsum(row[0] for row in rows)
-        sq_sum = math.fsum(row[1] for row in rows)
-        total = sum(self.numels)
+        column = [math.fsum(row[index] for row in rows) for index in range(len(STATISTICS_COLUMNS))]
+        abs_sum, sq_sum, zeros, near_zero, group_norm_sum, dead = column
         values = {"l1_norm": abs_sum, "l2_norm": math.sqrt(sq_sum)}
-        if total:
-            values["sparsity"] = sum(row[2] for row in rows) / total
-            values["near_zero"] = sum(row[3] for row in rows) / total
+        if self.numels:
+            values["sparsity"] = zeros / sum(self.numels)
+            values["near_zero"] = near_zero / sum(self.numels)
+            values["dead_units"] = dead / sum(self.groups)
         if penalties:
             values["l1_penalty"] = self.l1 * abs_sum
             values["l2_penalty"] = self.l2 / 2 * sq_sum
+            values["group_l1_penalty"] = self.group_l1 * group_norm_sum
         if per_parameter:
-            for name, numel, row in zip(self.names, self.numels, rows, strict=True):
+            for name, numel, groups, row in zip(self.names, self.numels, self.groups, rows, strict=True):
                 values[f"sparsity/{name}"] = row[2] / numel
                 values[f"l1_norm/{name}"] = row[0]
+                values[f"dead_units/{name}"] = row[5] / groups
         return values

@@ -28,6 +28,15 @@ from torch import Tensor, nn
 from lightning_reg import RegularizedModule
 
 L1, L2 = 3e-3, 2e-2
+DEFAULT_OPTIONS = {
+    "l1": 0.0,
+    "l2": 0.0,
+    "exclude": [],
+    "l1_mode": "loss",
+    "group_l1": 0.0,
+    "group_by": "rows",
+    "l2_mode": "weight_decay",
+}
 
 
 class RegRegression(RegularizedModule, LitRegression):
@@ -263,11 +272,11 @@ def test_hparams_hold_the_options_in_both_patterns() -> None:
         "hidden": 16,
         "lr": 0.05,
         "adam": False,
+        **DEFAULT_OPTIONS,
         "l1": 1e-4,
         "l2": 0.5,
-        "exclude": [],
     }
-    assert dict(BaseRegression(l1=1e-4).hparams) == {"l1": 1e-4, "l2": 0.0, "exclude": []}
+    assert dict(BaseRegression(l1=1e-4).hparams) == {**DEFAULT_OPTIONS, "l1": 1e-4}
 
 
 @pytest.mark.parametrize(

@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from helpers import make_net, seed_l1_penalty
 
-from lightning_reg.penalties import STATISTICS_COLUMNS, l1_norm, weight_statistics
+from lightning_reg.penalties import (
+    STATISTICS_COLUMNS,
+    group_l1_norm,
+    group_shrink_,
+    l1_norm,
+    soft_threshold_,
+    squared_norm,
+    weight_statistics,
+)
 
 
 def test_l1_norm_is_the_tutorial_loop_to_the_last_bit() -> None:
@@ -32,19 +41,26 @@ def test_weight_statistics_match_numpy() -> None:
     a[::3] = 0.0
     a[1, :5] = 1e-5
     b = torch.randn(4, 4, 3, generator=generator, dtype=torch.float64)
-    table = weight_statistics([a, b], near_zero_tol=1e-3)
-    assert table.dtype == torch.float64
-    assert table.shape == (2, len(STATISTICS_COLUMNS))
-    for row, tensor in zip(table.tolist(), (a, b), strict=True):
-        values = tensor.numpy().astype(np.float64)
-        expected = [
-            np.abs(values).sum(),
-            np.square(values).sum(),
-            float((values == 0).sum()),
-            float((np.abs(values) < 1e-3).sum()),
-        ]
-        np.testing.assert_allclose(row, expected, rtol=1e-12)
-    assert table[0, 2].item() == 10 * 20  # the planted zero rows
+    for group_by, axis in (("rows", 0), ("columns", 1)):
+        table = weight_statistics([a, b], near_zero_tol=1e-3, group_by=group_by)
+        assert table.dtype == torch.float64
+        assert table.shape == (2, len(STATISTICS_COLUMNS))
+        for row, tensor in zip(table.tolist(), (a, b), strict=True):
+            values = tensor.numpy().astype(np.float64)
+            groups = np.moveaxis(values, axis, 0).reshape(values.shape[axis], -1)
+            norms = np.sqrt(np.square(groups).sum(axis=1))
+            expected = [
+                np.abs(values).sum(),
+                np.square(values).sum(),
+                float((values == 0).sum()),
+                float((np.abs(values) < 1e-3).sum()),
+                norms.sum(),
+                float((norms == 0).sum()),
+            ]
+            np.testing.assert_allclose(row, expected, rtol=1e-12)
+    rows = weight_statistics([a], 1e-3, "rows")
+    assert rows[0, 2].item() == 10 * 20  # the planted zero rows
+    assert rows[0, 5].item() == 10  # ... are 10 dead units
 
 
 def test_weight_statistics_need_no_grad_and_change_nothing() -> None:
@@ -53,3 +69,53 @@ def test_weight_statistics_need_no_grad_and_change_nothing() -> None:
     table = weight_statistics([w], near_zero_tol=0.1)
     assert not table.requires_grad
     assert torch.equal(w.detach(), before)
+
+
+def test_squared_norm_and_group_l1_norm_match_numpy() -> None:
+    generator = torch.Generator().manual_seed(2)
+    weights = [torch.randn(4, 6, generator=generator), torch.randn(3, 2, 5, generator=generator)]
+    arrays = [w.double().numpy() for w in weights]
+    assert squared_norm(weights).item() == pytest.approx(sum(np.square(a).sum() for a in arrays), rel=1e-6)
+    for group_by, axis in (("rows", 0), ("columns", 1)):
+        expected = sum(
+            np.sqrt(np.square(np.moveaxis(a, axis, 0).reshape(a.shape[axis], -1)).sum(axis=1)).sum()
+            for a in arrays
+        )
+        assert group_l1_norm(weights, group_by).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_group_l1_gradient_is_finite_at_zero_groups() -> None:
+    w = torch.zeros(3, 4)
+    w[0] = torch.tensor([3.0, 0.0, 4.0, 0.0])
+    w.requires_grad_(True)
+    group_l1_norm([w], "rows").backward()
+    assert w.grad is not None
+    assert torch.isfinite(w.grad).all()
+    assert w.grad[0].tolist() == pytest.approx([0.6, 0.0, 0.8, 0.0])
+    assert w.grad[1:].abs().sum().item() == 0.0
+
+
+def test_soft_threshold_is_the_textbook_formula_to_the_last_bit() -> None:
+    w = torch.randn(1000, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    t = 0.7
+    expected = torch.sign(w) * torch.clamp(w.abs() - t, min=0)
+    soft_threshold_(w, t)
+    assert torch.equal(w, expected)
+    assert (w == 0).sum().item() == (expected == 0).sum().item() > 400
+
+
+def test_group_shrink_is_the_block_formula() -> None:
+    generator = torch.Generator().manual_seed(4)
+    w = torch.randn(6, 5, generator=generator, dtype=torch.float64)
+    w[2] = 0.0
+    t = 1.8
+    for group_by, axis in (("rows", 0), ("columns", 1)):
+        values = w.clone()
+        a = values.numpy().copy()
+        norms = np.linalg.norm(a, axis=1 - axis, keepdims=True)
+        with np.errstate(divide="ignore"):
+            factor = np.where(norms > 0, np.maximum(0.0, 1 - t / norms), 0.0)
+        group_shrink_(values, t, group_by)
+        np.testing.assert_allclose(values.numpy(), a * factor, rtol=1e-14, atol=0)
+        dead = (np.abs(values.numpy()).sum(axis=1 - axis) == 0).sum()
+        assert dead == (norms.ravel() <= t).sum() >= 1

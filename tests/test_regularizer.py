@@ -87,10 +87,14 @@ def test_statistics_summary_matches_formulas() -> None:
         "near_zero": (10 * 5 + 4 + int((np.abs(flat) < 1e-3).sum()) - 54) / flat.size,
         "l1_penalty": L1 * np.abs(flat).sum(),
         "l2_penalty": L2 / 2 * np.square(flat).sum(),
+        "dead_units": 10 / (40 + 1),
+        "group_l1_penalty": 0.0,
         "sparsity/0.weight": 10 * 5 / w[0].size,
         "sparsity/3.weight": 0.0,
         "l1_norm/0.weight": np.abs(w[0]).sum(),
         "l1_norm/3.weight": np.abs(w[1]).sum(),
+        "dead_units/0.weight": 10 / 40,
+        "dead_units/3.weight": 0.0,
     }
     assert values.keys() == expected.keys()
     for key, want in expected.items():
@@ -99,7 +103,7 @@ def test_statistics_summary_matches_formulas() -> None:
 
 def test_statistics_without_penalties_omit_them() -> None:
     summary = Regularizer(make_net()).statistics().summary(penalties=False)
-    assert sorted(summary) == ["l1_norm", "l2_norm", "near_zero", "sparsity"]
+    assert sorted(summary) == ["dead_units", "l1_norm", "l2_norm", "near_zero", "sparsity"]
 
 
 def test_unmatched_exclude_warns_with_example_names() -> None:
