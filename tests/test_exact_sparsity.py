@@ -1,0 +1,274 @@
+"""Proximal L1, group L1 and decoupled / loss-mode L2, checked against scikit-learn and torch's AdamW.
+
+A one-layer linear LightningModule is trained full batch in float64 with SGD on ``0.5 * mean squared
+error`` (scikit-learn's ``1/(2n)`` scaling), at a step of ``1/L`` (``L``: the largest eigenvalue of the
+loss's Hessian), until the proximal gradient iteration has converged; its weights must be scikit-learn's
+coefficients, with the same exact zeros and an unpenalised intercept equal to scikit-learn's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as L
+import numpy as np
+import pytest
+import torch
+from helpers import quiet_trainer
+from sklearn.linear_model import ElasticNet, Lasso, MultiTaskLasso, Ridge
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_reg import RegularizedModule
+
+N, P = 150, 8
+TOL = 1e-8  # what the tests ask for; the issue asks for 1e-5 or better
+
+
+def design(outputs: int = 1, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((N, P)) + 0.3 * rng.standard_normal((N, 1))  # correlated features
+    coef = np.zeros((P, outputs))
+    coef[[0, 1, 4, 7]] = rng.standard_normal((4, outputs)) * 2
+    y = x @ coef + 0.5 + 0.3 * rng.standard_normal((N, outputs))
+    return x, y
+
+
+def step_size(x: np.ndarray, l2: float = 0.0) -> float:
+    """1 / L for 0.5 * mean squared error of an affine model (the intercept included)."""
+    augmented = np.hstack([x, np.ones((len(x), 1))])
+    return 1.0 / (np.linalg.eigvalsh(augmented.T @ augmented / len(x)).max() + l2)
+
+
+class LinearRegression(L.LightningModule):
+    """What a user would write: a linear layer, 0.5 * squared error summed over outputs, mean over samples."""
+
+    def __init__(self, features: int = P, outputs: int = 1, lr: float = 0.1, optimizer: str = "sgd") -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.linear = nn.Linear(features, outputs, dtype=torch.float64)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y = batch
+        return 0.5 * (self.linear(x) - y).square().sum(dim=1).mean()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        lr, kind = self.hparams["lr"], self.hparams["optimizer"]
+        if kind == "lbfgs":
+            return torch.optim.LBFGS(
+                self.parameters(),
+                max_iter=100,
+                tolerance_grad=1e-14,
+                tolerance_change=0,
+                line_search_fn="strong_wolfe",
+            )
+        if kind == "adam":
+            return torch.optim.Adam(self.parameters(), lr=lr)
+        return torch.optim.SGD(self.parameters(), lr=lr)
+
+
+class RegLinear(RegularizedModule, LinearRegression):
+    pass
+
+
+def fit(
+    model: L.LightningModule, x: np.ndarray, y: np.ndarray, steps: int, batches: int = 1, **kw: Any
+) -> None:
+    data = TensorDataset(torch.as_tensor(x), torch.as_tensor(y))
+    loader = DataLoader(data, batch_size=len(x) // batches)
+    quiet_trainer(max_epochs=steps, log_every_n_steps=1, **kw).fit(model, loader)
+
+
+def weights(model: RegLinear) -> tuple[np.ndarray, np.ndarray]:
+    return model.linear.weight.detach().numpy(), model.linear.bias.detach().numpy()
+
+
+def assert_lands_on(model: RegLinear, coef: np.ndarray, intercept: np.ndarray) -> None:
+    weight, bias = weights(model)
+    np.testing.assert_allclose(weight, coef.reshape(weight.shape), atol=TOL, rtol=0)
+    np.testing.assert_allclose(bias, np.ravel(intercept), atol=TOL, rtol=0)
+    assert np.array_equal(weight == 0, coef.reshape(weight.shape) == 0), "the same exact zeros"
+
+
+def gradient(model: RegLinear, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """d/dW of 0.5 * mean squared error at the trained weights (outputs x features)."""
+    weight, bias = weights(model)
+    residual = x @ weight.T + bias - y
+    return residual.T @ x / len(x)
+
+
+def test_proximal_l1_lands_on_lasso() -> None:
+    x, y = design()
+    alpha = 0.15
+    model = RegLinear(lr=step_size(x), l1=alpha, l1_mode="proximal")
+    fit(model, x, y, steps=400)
+    lasso = Lasso(alpha=alpha, tol=1e-14, max_iter=100_000).fit(x, y.ravel())
+    assert_lands_on(model, lasso.coef_, lasso.intercept_)
+    assert 0 < (lasso.coef_ == 0).sum() < P, "the test needs some zeros and some non-zeros"
+    # KKT: g + alpha * sign(w) = 0 where w != 0, |g| <= alpha where w == 0
+    g, (w, _) = gradient(model, x, y).ravel(), weights(model)
+    w = w.ravel()
+    np.testing.assert_allclose(g[w != 0] + alpha * np.sign(w[w != 0]), 0, atol=1e-10)
+    assert np.all(np.abs(g[w == 0]) <= alpha + 1e-12)
+
+
+def test_proximal_elastic_net_lands_on_elastic_net() -> None:
+    x, y = design(seed=1)
+    alpha, rho = 0.3, 0.6
+    l1, l2 = alpha * rho, alpha * (1 - rho)
+    model = RegLinear(lr=step_size(x, l2), l1=l1, l2=l2, l1_mode="proximal")
+    fit(model, x, y, steps=400)
+    enet = ElasticNet(alpha=alpha, l1_ratio=rho, tol=1e-14, max_iter=100_000).fit(x, y.ravel())
+    assert_lands_on(model, enet.coef_, enet.intercept_)
+    assert 0 < (enet.coef_ == 0).sum() < P
+
+
+def test_proximal_group_l1_by_columns_lands_on_multitask_lasso() -> None:
+    x, y = design(outputs=3, seed=2)
+    alpha = 0.4
+    model = RegLinear(outputs=3, lr=step_size(x), group_l1=alpha, group_by="columns", l1_mode="proximal")
+    fit(model, x, y, steps=500)
+    mtl = MultiTaskLasso(alpha=alpha, tol=1e-14, max_iter=100_000).fit(x, y)
+    assert_lands_on(model, mtl.coef_, mtl.intercept_)
+    dead = np.all(mtl.coef_ == 0, axis=0)
+    assert 0 < dead.sum() < P, "the test needs dead and live input units"
+    # KKT per feature group j: g_j + alpha * w_j / ||w_j|| = 0 if w_j != 0, ||g_j|| <= alpha if w_j == 0
+    g, (w, _) = gradient(model, x, y), weights(model)
+    norms = np.linalg.norm(w, axis=0)
+    live = norms > 0
+    np.testing.assert_allclose(g[:, live] + alpha * w[:, live] / norms[live], 0, atol=1e-10)
+    assert np.all(np.linalg.norm(g[:, ~live], axis=0) <= alpha + 1e-12)
+
+
+def test_loss_mode_l2_with_lbfgs_lands_on_ridge() -> None:
+    """LBFGS has no weight_decay: l2_mode="loss" puts l2/2 * sum(w^2) in the loss instead."""
+    x, y = design(seed=3)
+    l2 = 0.05
+    model = RegLinear(optimizer="lbfgs", l2=l2, l2_mode="loss")
+    fit(model, x, y, steps=3)
+    # Ridge minimises ||y - Xw||^2 + alpha ||w||^2; ours is 1/(2n) ||y - Xw||^2 + l2/2 ||w||^2: alpha = n * l2
+    ridge = Ridge(alpha=N * l2, tol=1e-14, solver="cholesky").fit(x, y.ravel())
+    weight, bias = weights(model)
+    np.testing.assert_allclose(weight.ravel(), ridge.coef_, atol=TOL)
+    np.testing.assert_allclose(bias, [ridge.intercept_], atol=TOL)
+
+
+def test_loss_mode_l2_equals_weight_decay_with_sgd() -> None:
+    x, y = design(seed=4)
+    in_loss, as_decay = RegLinear(l2=0.3, l2_mode="loss"), RegLinear(l2=0.3)
+    fit(in_loss, x, y, steps=20)
+    fit(as_decay, x, y, steps=20)
+    np.testing.assert_allclose(weights(in_loss)[0], weights(as_decay)[0], rtol=1e-12)
+
+
+class Trajectory(L.Callback):
+    def __init__(self) -> None:
+        self.weights: list[Tensor] = []
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        self.weights.append(pl_module.linear.weight.detach().clone())
+
+
+def test_adam_with_decoupled_l2_is_adamw_step_for_step() -> None:
+    x, y = design(seed=5)
+    lr, l2 = 0.05, 0.2
+    model, trajectory = RegLinear(optimizer="adam", lr=lr, l2=l2, l2_mode="decoupled"), Trajectory()
+    fit(model, x, y, steps=25, callbacks=[trajectory])
+
+    reference = LinearRegression(optimizer="adam", lr=lr)
+    adamw = torch.optim.AdamW(
+        [
+            {"params": [reference.linear.weight], "weight_decay": l2},
+            {"params": [reference.linear.bias], "weight_decay": 0.0},
+        ],
+        lr=lr,
+    )
+    xt, yt = torch.as_tensor(x), torch.as_tensor(y)
+    for step, expected in enumerate(trajectory.weights):
+        adamw.zero_grad()
+        reference.training_step((xt, yt), 0).backward()
+        adamw.step()
+        assert torch.equal(reference.linear.weight, expected), f"step {step}"
+    assert len(trajectory.weights) == 25
+
+
+def test_decoupled_mode_refuses_an_optimizer_that_decays_itself() -> None:
+    class OwnDecay(RegLinear):
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.AdamW(self.parameters(), lr=0.01)
+
+    with pytest.raises(
+        ValueError, match=r"AdamW param group 0 has weight_decay=0.01, but l2_mode='decoupled'"
+    ):
+        fit(OwnDecay(l2=0.1, l2_mode="decoupled"), *design(), steps=1)
+
+
+def test_the_proximal_step_runs_per_optimizer_step_not_per_micro_batch() -> None:
+    """Two micro-batches of half the data, accumulated, are one full-batch step: one threshold."""
+    x, y = design(seed=6)
+    alpha, lr = 0.15, step_size(x)
+    full, accumulated = (
+        RegLinear(lr=lr, l1=alpha, l1_mode="proximal"),
+        RegLinear(lr=lr, l1=alpha, l1_mode="proximal"),
+    )
+    fit(full, x, y, steps=30)
+    fit(accumulated, x, y, steps=30, batches=2, accumulate_grad_batches=2)
+    np.testing.assert_allclose(weights(accumulated)[0], weights(full)[0], atol=1e-12)
+    assert np.array_equal(weights(accumulated)[0] == 0, weights(full)[0] == 0)
+
+
+def test_proximal_mode_keeps_the_penalty_out_of_the_loss() -> None:
+    x, y = design()
+    model = RegLinear(l1=0.5, group_l1=0.5, l1_mode="proximal")
+    with torch.no_grad():
+        model.linear.weight.fill_(1.0)
+    batch = (torch.as_tensor(x), torch.as_tensor(y))
+    assert torch.equal(model.training_step(batch, 0), LinearRegression.training_step(model, batch, 0))
+
+
+def test_loss_mode_group_l1_adds_its_term() -> None:
+    x, y = design()
+    model = RegLinear(outputs=1, group_l1=0.5, group_by="columns", l2=0.2, l2_mode="loss")
+    with torch.no_grad():
+        model.linear.weight.copy_(torch.arange(1.0, P + 1, dtype=torch.float64))
+    batch = (torch.as_tensor(x), torch.as_tensor(y))
+    plain = LinearRegression.training_step(model, batch, 0)
+    w = np.arange(1.0, P + 1)
+    expected = (
+        plain.item() + 0.5 * np.abs(w).sum() + 0.2 / 2 * np.square(w).sum()
+    )  # 1 output: |w_j| per column
+    assert model.training_step(batch, 0).item() == pytest.approx(expected, rel=1e-14)
+
+
+class ManualRegLinear(RegLinear):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.automatic_optimization = False
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:  # type: ignore[override]
+        optimizer = self.optimizers()
+        optimizer.zero_grad()  # type: ignore[union-attr]
+        self.manual_backward(LinearRegression.training_step(self, batch, batch_idx))
+        optimizer.step()  # type: ignore[union-attr]
+
+
+def test_proximal_and_decoupled_modes_work_with_manual_optimization() -> None:
+    x, y = design(seed=7)
+    options = {"lr": step_size(x), "l1": 0.1, "l2": 0.05, "l1_mode": "proximal", "l2_mode": "decoupled"}
+    manual, automatic = ManualRegLinear(**options), RegLinear(**options)
+    fit(manual, x, y, steps=15)
+    fit(automatic, x, y, steps=15)
+    assert torch.equal(manual.linear.weight, automatic.linear.weight)
+    assert (manual.linear.weight == 0).any()
+
+
+@pytest.mark.parametrize(
+    ("keyword", "value"),
+    [("l1_mode", "prox"), ("l2_mode", "adamw"), ("group_by", "cols"), ("group_l1", -1.0), ("l1_mode", None)],
+)
+def test_bad_modes_are_refused_at_construction(keyword: str, value: Any) -> None:
+    with pytest.raises(ValueError, match=f"^Invalid {keyword}: ") as error:
+        RegLinear(**{keyword: value})
+    assert repr(value) in str(error.value)
