@@ -27,11 +27,15 @@ class RegularizationMonitor(Callback):
     Metric names (stable, public):
 
     - ``reg/l1_penalty``: ``l1 * sum|w|``; ``reg/l2_penalty``: ``l2 / 2 * sum w^2``, the loss term that
-      ``weight_decay=l2`` corresponds to. Only for a :class:`RegularizedModule`, whose strengths are known.
+      ``weight_decay=l2`` corresponds to; ``reg/group_l1_penalty``: ``group_l1 * sum_g ||w_g||_2``. The
+      values of the terms whatever applies them (loss, weight decay, proximal step). Only for a
+      :class:`RegularizedModule`, whose strengths are known.
     - ``reg/l1_norm``: ``sum|w|``; ``reg/l2_norm``: ``sqrt(sum w^2)``.
     - ``reg/sparsity``: fraction of entries of ``W`` exactly ``0``; ``reg/near_zero``: fraction with
-      ``|w| < near_zero_tol``.
-    - with ``per_layer=True``, also ``reg/sparsity/<param name>`` and ``reg/l1_norm/<param name>``.
+      ``|w| < near_zero_tol``; ``reg/dead_units``: fraction of groups (rows, or columns with
+      ``group_by="columns"``) of ``W`` that are entirely ``0``.
+    - with ``per_layer=True``, also ``reg/sparsity/<param name>``, ``reg/l1_norm/<param name>`` and
+      ``reg/dead_units/<param name>``.
 
     The monitor reads the weights without autograd and changes nothing: a run with it ends on the same
     weights, bit for bit, as a run without. On steps where it does not log it touches no tensor, so it

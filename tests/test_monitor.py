@@ -48,9 +48,12 @@ def expected_metrics(
         "reg/sparsity": (flat == 0).mean(),
         "reg/near_zero": (np.abs(flat) < tol).mean(),
     }
+    row_norms = np.concatenate([np.linalg.norm(w, axis=1) for w in weights])
+    values["reg/dead_units"] = (row_norms == 0).mean()
     if penalties:
         values["reg/l1_penalty"] = L1 * np.abs(flat).sum()
         values["reg/l2_penalty"] = L2 / 2 * np.square(flat).sum()
+        values["reg/group_l1_penalty"] = 0.0
     return values
 
 
@@ -223,3 +226,21 @@ def test_a_trainer_without_logger_is_refused_before_training() -> None:
     with pytest.raises(MisconfigurationException, match="RegularizationMonitor needs a logger"):
         fit(model, [RegularizationMonitor()], logger=False)
     assert_same_weights(model, before)
+
+
+def test_group_penalty_and_dead_units_over_columns(tmp_path: Path) -> None:
+    model = Frozen(l1=L1, group_l1=0.25, group_by="columns")
+    with torch.no_grad():
+        first, last = model.net[0].weight, model.net[3].weight  # 16 x 5 and 1 x 16
+        first.fill_(2.0)
+        first[:, 1:3] = 0.0  # 2 of 5 input columns dead
+        last.fill_(-1.0)
+        last[0, :4] = 0.0  # 4 of 16 columns dead
+    logger = CSVLogger(tmp_path)
+    fit(model, [RegularizationMonitor(log_every_n_steps=1, per_layer=True)], logger)
+    row = [row for row in read_csv(logger) if row.get("reg/dead_units")][-1]
+    assert float(row["reg/dead_units"]) == (2 + 4) / (5 + 16)
+    assert float(row["reg/dead_units/net.0.weight"]) == 2 / 5
+    assert float(row["reg/dead_units/net.3.weight"]) == 4 / 16
+    group_norms = 3 * np.sqrt(16 * 4.0) + 12 * 1.0  # live columns: norm 8 in the first layer, 1 in the last
+    assert float(row["reg/group_l1_penalty"]) == pytest.approx(0.25 * group_norms, rel=1e-12)
