@@ -46,8 +46,12 @@ def _attach_to_optimizers(module: RegularizedModule, output: Any) -> Any:
     """Give the returned optimizers the optimizer-side terms (weight decay groups, step hooks)."""
     regularizer = module.regularizer
     if regularizer.adds_to_loss and not module.automatic_optimization:
+        options = module.regularization_options
+        l1_in_loss = options.l1_mode == "loss" and (options.l1 > 0 or options.group_l1 > 0)
+        terms = [f"l1_mode={options.l1_mode!r}"] if l1_in_loss else []
+        terms += [f"l2_mode={options.l2_mode!r}"] if options.l2_mode == "loss" and options.l2 > 0 else []
         raise ValueError(
-            f"Invalid options {module.regularization_options}: loss-mode terms are added to the loss "
+            f"Invalid {' and '.join(terms)} with manual optimization: loss-mode terms are added to the loss "
             "returned by training_step, which manual optimization does not use. Use automatic "
             'optimization, or l1_mode="proximal" and l2_mode="weight_decay" or "decoupled".'
         )
