@@ -17,10 +17,13 @@ import pytest
 from lightning_reg.cli import main
 from lightning_reg.demo import ProgressLine
 
-VARIANTS = ("none", "L2", "L1", "Elastic Net")
+VARIANTS = ("none", "L2", "L1", "Elastic Net", "L1 prox", "Elastic Net prox", "Group L1 prox")
+SLUGS = ("none", "l2", "l1", "elastic_net", "l1_prox", "elastic_net_prox", "group_l1_prox")
 COLUMNS = (
     "variant",
+    "l1 mode",
     "l1",
+    "group l1",
     "l2",
     "train acc",
     "val acc",
@@ -28,6 +31,7 @@ COLUMNS = (
     "val loss",
     "sparsity",
     "near-zero",
+    "dead units",
     "seconds",
 )
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -51,10 +55,11 @@ def table_rows(out: str) -> dict[str, list[str]]:
     start = next(index for index, line in enumerate(lines) if line.startswith("variant "))
     assert set(lines[start + 1].replace(" ", "")) == {"-"}
     rows = {}
+    longest_first = sorted(VARIANTS, key=len, reverse=True)  # "L1 prox" before "L1"
     for line in lines[start + 2 :]:
         if not line.strip():
             break
-        name = next(variant for variant in VARIANTS if line.startswith(variant + " "))
+        name = next(variant for variant in longest_first if line.startswith(variant + " "))
         rows[name] = line[len(name) :].split()
     return rows
 
@@ -72,31 +77,51 @@ def test_demo_prints_the_table_and_writes_the_figure_and_logs(
     assert positions == sorted(positions)
     rows = table_rows(out)
     assert list(rows) == list(VARIANTS)
-    strengths = {name: row[:2] for name, row in rows.items()}
-    assert strengths["none"] == ["0", "0"]
-    assert strengths["L2"][0] == "0"
-    assert float(strengths["L2"][1]) > 0
-    assert strengths["L1"][1] == "0"
-    assert float(strengths["L1"][0]) > 0
-    assert all(float(value) > 0 for value in strengths["Elastic Net"])
+    modes = {name: row[0] for name, row in rows.items()}
+    assert modes == {
+        "none": "-",
+        "L2": "-",
+        "L1": "loss",
+        "Elastic Net": "loss",
+        "L1 prox": "proximal",
+        "Elastic Net prox": "proximal",
+        "Group L1 prox": "proximal",
+    }
+    nonzero = {name: tuple(float(value) > 0 for value in row[1:4]) for name, row in rows.items()}
+    assert nonzero == {  # l1, group l1, l2
+        "none": (False, False, False),
+        "L2": (False, False, True),
+        "L1": (True, False, False),
+        "Elastic Net": (True, False, True),
+        "L1 prox": (True, False, False),
+        "Elastic Net prox": (True, False, True),
+        "Group L1 prox": (False, True, False),
+    }
     for row in rows.values():
         assert len(row) == len(COLUMNS) - 1
-        train_acc, val_acc, gap, _, sparsity, near_zero = map(float, row[2:8])
+        train_acc, val_acc, gap, _, sparsity, near_zero, dead_units = map(float, row[4:11])
         assert 0 <= train_acc <= 1
         assert 0 <= val_acc <= 1
         assert 0 <= sparsity <= near_zero <= 1
+        assert 0 <= dead_units <= 1
         assert gap == pytest.approx(train_acc - val_acc, abs=1.5e-3)
+    # the proximal step zeroes weights from the first step on (about 1.5 % of them after 3 steps); the
+    # loss-mode L1 makes none exactly 0
+    for name in ("L1 prox", "Elastic Net prox"):
+        assert float(rows[name][8]) > 0
+    for name in ("none", "L2", "L1", "Elastic Net"):
+        assert float(rows[name][8]) == 0
 
     assert figure.read_bytes().startswith(PNG_SIGNATURE)
     assert str(logs) in out
-    for slug in ("none", "l2", "l1", "elastic_net"):
+    for slug in SLUGS:
         (metrics,) = (logs / slug).glob("version_*/metrics.csv")
         with metrics.open() as handle:
             records = list(csv.DictReader(handle))
-        assert {"reg/sparsity", "reg/near_zero", "reg/l1_norm"} <= set(records[0])
+        assert {"reg/sparsity", "reg/near_zero", "reg/l1_norm", "reg/dead_units"} <= set(records[0])
         assert any(record["reg/sparsity"] for record in records)
     # our own progress, one line per variant when stderr is not a terminal; nothing from Lightning
-    assert [line.split("]")[0] + "]" for line in err.splitlines()] == ["[1/4]", "[2/4]", "[3/4]", "[4/4]"]
+    assert [line.split("]")[0] + "]" for line in err.splitlines()] == [f"[{i}/7]" for i in range(1, 8)]
 
 
 def test_without_log_dir_the_logs_are_removed(
