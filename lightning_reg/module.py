@@ -33,8 +33,8 @@ _MARK = "_lightning_reg_hook"
 def _add_penalty(module: RegularizedModule, output: Any) -> Any:
     """Add the loss-mode terms to the loss a training step returns."""
     regularizer = module.regularizer
-    if not regularizer.adds_to_loss or output is None:
-        return output
+    if not regularizer.adds_to_loss or output is None or not module.automatic_optimization:
+        return output  # under manual optimization the terms arrive as gradients instead
     if isinstance(output, Tensor):
         return output + regularizer.penalty()
     if isinstance(output, Mapping) and "loss" in output:
@@ -43,22 +43,16 @@ def _add_penalty(module: RegularizedModule, output: Any) -> Any:
 
 
 def _attach_to_optimizers(module: RegularizedModule, output: Any) -> Any:
-    """Give the returned optimizers the optimizer-side terms (weight decay groups, step hooks)."""
+    """Give the returned optimizers the optimizer-side terms (weight decay groups, step hooks).
+
+    Under manual optimization the package never sees the loss, so the loss-mode terms reach the weights
+    as gradients added right before each ``opt.step()``, each parameter through its own optimizer.
+    """
     regularizer = module.regularizer
-    if regularizer.adds_to_loss and not module.automatic_optimization:
-        options = module.regularization_options
-        l1_in_loss = options.l1_mode == "loss" and (options.l1 > 0 or options.group_l1 > 0)
-        terms = [f"l1_mode={options.l1_mode!r}"] if l1_in_loss else []
-        terms += [f"l2_mode={options.l2_mode!r}"] if options.l2_mode == "loss" and options.l2 > 0 else []
-        raise ValueError(
-            f"Invalid {' and '.join(terms)} with manual optimization: loss-mode terms are added to the loss "
-            "returned by training_step, which manual optimization does not use. Use automatic "
-            'optimization, or l1_mode="proximal" and l2_mode="weight_decay" or "decoupled".'
-        )
     optimizers = [item for item in _walk(output) if isinstance(item, Optimizer)]
     schedulers = [item for item in _walk(output) if isinstance(getattr(item, "optimizer", None), Optimizer)]
     for optimizer in optimizers:
-        regularizer.attach(optimizer, schedulers)
+        regularizer.attach(optimizer, schedulers, penalty_as_gradient=not module.automatic_optimization)
     return output
 
 
@@ -127,7 +121,9 @@ class RegularizedModule(_Base):
       loss-mode terms: ``l1 * sum|w| + group_l1 * sum_g ||w_g||`` with ``l1_mode="loss"`` and
       ``l2 / 2 * sum w^2`` with ``l2_mode="loss"``; once per step, however many
       ``super().training_step`` calls the class hierarchy makes. In the other modes those terms are not
-      in the returned loss: they act on the weights at the optimizer step.
+      in the returned loss: they act on the weights at the optimizer step. Under manual optimization
+      the loss-mode terms' gradients are added right before each ``opt.step()`` instead, once per step,
+      each parameter through the optimizer that holds it: the user's code stays as it is.
     - ``configure_optimizers``: with ``l2_mode="weight_decay"`` and ``l2 > 0``, every returned
       optimizer's groups are split into ``W`` (``weight_decay=l2``) and the rest (``weight_decay=0``),
       named ``decay`` / ``no_decay``; schedulers returned with it keep driving every group. With
@@ -150,8 +146,7 @@ class RegularizedModule(_Base):
     Raises:
         ValueError: at construction, for a negative, NaN, infinite or non-numeric strength, a bad
             ``exclude``, mode or ``group_by``; when ``configure_optimizers`` runs, for an optimizer that
-            cannot carry the L2 mode (no ``weight_decay``, or its own decay of ``W``), and for loss-mode
-            terms with manual optimization.
+            cannot carry the L2 mode (no ``weight_decay``, or its own decay of ``W``).
         TypeError: at class creation, when the mixin is placed after a ``LightningModule`` in the bases.
 
     Example::

@@ -143,7 +143,10 @@ class Regularizer:
 
     def penalty(self) -> Tensor:
         """The terms to add to the loss (see the class docstring); a constant zero when there are none."""
-        params, options = self.parameters, self.options
+        return self._penalty_of(self.parameters)
+
+    def _penalty_of(self, params: Sequence[Tensor]) -> Tensor:
+        options = self.options
         terms = []
         if options.l1_mode == "loss" and options.l1 > 0:
             terms.append(options.l1 * l1_norm(params))
@@ -176,7 +179,9 @@ class Regularizer:
         decay = self.l2 if self.options.l2_mode == "weight_decay" else 0.0
         return decay_groups(self.parameters, others, decay)
 
-    def attach(self, optimizer: Optimizer, schedulers: Iterable[Any] = ()) -> None:
+    def attach(
+        self, optimizer: Optimizer, schedulers: Iterable[Any] = (), *, penalty_as_gradient: bool = False
+    ) -> None:
         """Make an existing optimizer carry this regularization's optimizer-side terms.
 
         - ``l2_mode="weight_decay"``, ``l2 > 0``: split its groups so that only ``W`` decays, with
@@ -185,6 +190,9 @@ class Regularizer:
         - ``"decoupled"`` or ``"loss"`` L2: the optimizer's own weight decay of ``W`` must be ``0``.
         - installs the decoupled decay (before each update) and the proximal step (after each update),
           when those modes have a strength. Attaching again replaces the earlier hooks.
+        - with ``penalty_as_gradient``, the loss-mode terms are not expected in the loss: right before each
+          update, :meth:`add_penalty_gradient` adds their gradient to the optimizer's parameters instead
+          (manual optimization, where the package never sees the loss).
 
         Raises:
             ValueError: see :func:`~lightning_reg.param_groups.split_optimizer`; and for a non-zero
@@ -195,13 +203,29 @@ class Regularizer:
             split_optimizer(optimizer, self.parameters, options.l2, schedulers)
         elif options.l2_mode != "weight_decay" and options.l2 > 0:
             check_no_own_decay(optimizer, self.parameters, f"l2_mode={options.l2_mode!r}")
-        decoupled = options.l2_mode == "decoupled" and options.l2 > 0
+        before = []
+        if penalty_as_gradient and self.adds_to_loss:
+            before.append(self.add_penalty_gradient)
+        if options.l2_mode == "decoupled" and options.l2 > 0:
+            before.append(self.decoupled_decay)
         proximal = options.l1_mode == "proximal" and (options.l1 > 0 or options.group_l1 > 0)
-        step_hooks.attach(
-            optimizer,
-            before=self.decoupled_decay if decoupled else None,
-            after=self.proximal_step if proximal else None,
-        )
+        step_hooks.attach(optimizer, before=before, after=[self.proximal_step] if proximal else [])
+
+    def add_penalty_gradient(self, optimizer: Optimizer) -> None:
+        """Add the gradient of :meth:`penalty` to the ``.grad`` of the ``W`` in ``optimizer``.
+
+        Only parameters that have a gradient are counted, each through the optimizer that holds it: the
+        same update as if :meth:`penalty` had been added to the loss of this step, once.
+        """
+        params = [param for _, group in self._by_group(optimizer) for param in group]
+        if not params:
+            return
+        with torch.enable_grad():
+            gradients = torch.autograd.grad(self._penalty_of(params), params)
+        with torch.no_grad():
+            for param, gradient in zip(params, gradients, strict=True):
+                assert param.grad is not None
+                param.grad.add_(gradient)
 
     @torch.no_grad()
     def decoupled_decay(self, optimizer: Optimizer) -> None:

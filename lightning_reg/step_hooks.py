@@ -9,7 +9,7 @@ is skipped (e.g. by ``GradScaler`` on inf gradients) calls neither.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from torch.optim import Optimizer
@@ -21,14 +21,15 @@ StepCallback = Callable[[Optimizer], None]
 _HANDLES: weakref.WeakKeyDictionary[Optimizer, list[RemovableHandle]] = weakref.WeakKeyDictionary()
 
 
-def attach(optimizer: Optimizer, before: StepCallback | None, after: StepCallback | None) -> None:
-    """Call ``before(optimizer)`` / ``after(optimizer)`` around every parameter update of ``optimizer``."""
+def attach(optimizer: Optimizer, before: Sequence[StepCallback], after: Sequence[StepCallback]) -> None:
+    """Call the ``before`` / ``after`` callbacks, in order, around every update of ``optimizer``."""
     detach(optimizer)
     handles = []
-    if before is not None:
-        handles.append(optimizer.register_step_pre_hook(_pre_hook(before)))
-    if after is not None:
-        handles.append(optimizer.register_step_post_hook(lambda opt, args, kwargs: after(opt)))
+    if before:
+        handles.append(optimizer.register_step_pre_hook(_pre_hook(_in_order(before))))
+    if after:
+        run_after = _in_order(after)
+        handles.append(optimizer.register_step_post_hook(lambda opt, args, kwargs: run_after(opt)))
     if handles:
         _HANDLES[optimizer] = handles
 
@@ -37,6 +38,14 @@ def detach(optimizer: Optimizer) -> None:
     """Remove the callbacks :func:`attach` installed on ``optimizer``, if any."""
     for handle in _HANDLES.pop(optimizer, []):
         handle.remove()
+
+
+def _in_order(callbacks: Sequence[StepCallback]) -> StepCallback:
+    def run(optimizer: Optimizer) -> None:
+        for callback in callbacks:
+            callback(optimizer)
+
+    return run
 
 
 def _pre_hook(before: StepCallback) -> Callable[..., Any]:

@@ -336,6 +336,8 @@ def test_the_mixin_must_come_first() -> None:
 
 
 class Manual(RegRegression):
+    """Manual optimization, as a user writes it: nothing about regularization in the step."""
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.automatic_optimization = False
@@ -347,9 +349,75 @@ class Manual(RegRegression):
         optimizer.step()  # type: ignore[union-attr]
 
 
-def test_l1_with_manual_optimization_is_refused_clearly() -> None:
-    with pytest.raises(ValueError, match="manual optimization"):
-        fit(Manual(l1=L1))
+def test_manual_optimization_is_regularized_without_changing_the_users_code() -> None:
+    model = Manual(l1=L1, l2=L2)
+    fit(model)
+    assert_same_weights(model.net, reference())
+
+
+class ManualAccumulating(Manual):
+    """Two backward passes per opt.step(): the penalty must still count once per step."""
+
+    def training_step(self, batch: Batch, batch_idx: int) -> None:  # type: ignore[override]
+        optimizer = self.optimizers()
+        x, y = batch
+        self.manual_backward(nn.functional.mse_loss(self(x[:4]), y[:4]) / 2)
+        self.manual_backward(nn.functional.mse_loss(self(x[4:]), y[4:]) / 2)
+        optimizer.step()  # type: ignore[union-attr]
+        optimizer.zero_grad()  # type: ignore[union-attr]
+
+
+def test_manual_accumulation_counts_the_penalty_once_per_step() -> None:
+    model = ManualAccumulating(l1=L1, l2=L2, l2_mode="loss")
+    fit(model)
+    expected = make_net()
+    optimizer = torch.optim.SGD(expected.parameters(), lr=0.05)
+    for _ in range(2):
+        for x, y in loader(regression_data()):
+            optimizer.zero_grad()
+            data = (
+                nn.functional.mse_loss(expected(x[:4]), y[:4])
+                + nn.functional.mse_loss(expected(x[4:]), y[4:])
+            ) / 2
+            weights = [p for p in expected.parameters() if p.dim() > 1]
+            penalty = L1 * seed_l1_penalty(expected) + L2 / 2 * sum(torch.sum(w * w) for w in weights)
+            (data + penalty).backward()
+            optimizer.step()
+    for got, want in zip(model.net.parameters(), expected.parameters(), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+
+
+class TwoManualOptimizers(Manual):
+    def configure_optimizers(self) -> Any:
+        return [
+            torch.optim.SGD(self.net[0].parameters(), lr=0.05),
+            torch.optim.SGD(self.net[3].parameters(), lr=0.02),
+        ]
+
+    def training_step(self, batch: Batch, batch_idx: int) -> None:  # type: ignore[override]
+        first, second = self.optimizers()  # type: ignore[misc]
+        loss = nn.functional.mse_loss(self(batch[0]), batch[1])
+        first.zero_grad()
+        second.zero_grad()
+        self.manual_backward(loss)
+        first.step()
+        second.step()
+
+
+def test_with_several_optimizers_each_parameter_is_regularized_by_its_own() -> None:
+    model = TwoManualOptimizers(l1=L1)
+    fit(model)
+    expected = make_net()
+    first = torch.optim.SGD(expected[0].parameters(), lr=0.05)
+    second = torch.optim.SGD(expected[3].parameters(), lr=0.02)
+    for _ in range(2):
+        for x, y in loader(regression_data()):
+            first.zero_grad()
+            second.zero_grad()
+            (nn.functional.mse_loss(expected(x), y) + L1 * seed_l1_penalty(expected)).backward()
+            first.step()
+            second.step()
+    assert_same_weights(model.net, expected)
 
 
 FORMATS = {
