@@ -1,0 +1,177 @@
+"""Exact under Lightning's training features: accumulation, clipping, mixed precision, resuming.
+
+Each test trains with the feature through ``Trainer.fit`` and compares with the tutorial's recipe
+(``total_loss = loss + l1 * sum|W|``, ``weight_decay = l2`` on ``W``) applied by hand with the same feature.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as L
+import pytest
+import torch
+from helpers import (
+    LitRegression,
+    assert_same_weights,
+    loader,
+    make_net,
+    quiet_trainer,
+    regression_data,
+    seed_l1_penalty,
+    seed_param_groups,
+)
+from lightning.pytorch.plugins.precision import MixedPrecision
+from torch import Tensor, nn
+
+from lightning_reg import RegularizedModule
+
+L1, L2 = 3e-3, 2e-2
+
+
+class RegRegression(RegularizedModule, LitRegression):
+    pass
+
+
+def recipe_step(net: nn.Module, x: Tensor, y: Tensor, l1: float = L1) -> Tensor:
+    return nn.functional.mse_loss(net(x), y) + l1 * seed_l1_penalty(net)
+
+
+def test_accumulated_micro_batches_equal_one_large_batch() -> None:
+    model = RegRegression(l1=L1, l2=L2)
+    quiet_trainer(max_epochs=2, accumulate_grad_batches=2).fit(model, loader(regression_data(), batch_size=4))
+    expected = make_net()
+    optimizer = torch.optim.SGD(seed_param_groups(expected, L2), lr=0.05)
+    for _ in range(2):
+        for x, y in loader(regression_data(), batch_size=8):
+            optimizer.zero_grad()
+            recipe_step(expected, x, y).backward()
+            optimizer.step()
+    for got, want in zip(model.net.parameters(), expected.parameters(), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+
+
+def test_the_penalty_gradient_is_clipped_with_the_rest() -> None:
+    model = RegRegression(l1=0.05, l2=L2)
+    quiet_trainer(max_epochs=2, gradient_clip_val=0.1).fit(model, loader(regression_data()))
+    expected = make_net()
+    optimizer = torch.optim.SGD(seed_param_groups(expected, L2), lr=0.05)
+    clipped = 0
+    for _ in range(2):
+        for x, y in loader(regression_data()):
+            optimizer.zero_grad()
+            recipe_step(expected, x, y, l1=0.05).backward()
+            params = [p for group in optimizer.param_groups for p in group["params"]]  # Lightning's order
+            clipped += float(nn.utils.clip_grad_norm_(params, 0.1)) > 0.1
+            optimizer.step()
+    assert clipped > 0, "the test must clip"
+    assert_same_weights(model.net, expected)
+
+
+def reference_mixed(
+    dtype: torch.dtype, scaler: torch.amp.GradScaler | None, l1_mode: str = "loss"
+) -> nn.Module:
+    expected = make_net()
+    optimizer = torch.optim.SGD(seed_param_groups(expected, L2), lr=0.05)
+    for _ in range(2):
+        for x, y in loader(regression_data()):
+            optimizer.zero_grad()
+            with torch.autocast("cpu", dtype=dtype):
+                total = (
+                    recipe_step(expected, x, y)
+                    if l1_mode == "loss"
+                    else nn.functional.mse_loss(expected(x), y)
+                )
+            if scaler is None:
+                total.backward()
+                optimizer.step()
+                continue
+            scaler.scale(total).backward()
+            scaler.unscale_(optimizer)
+            scaler.step(optimizer)
+            scaler.update()
+    return expected
+
+
+def test_bf16_mixed_precision_keeps_the_penalty() -> None:
+    model = RegRegression(l1=L1, l2=L2)
+    quiet_trainer(max_epochs=2, precision="bf16-mixed").fit(model, loader(regression_data()))
+    assert_same_weights(model.net, reference_mixed(torch.bfloat16, scaler=None))
+
+
+def scaled_trainer(**kwargs: Any) -> L.Trainer:
+    """16-mixed with a GradScaler on the CPU: the loss is scaled before backward, unscaled before the step."""
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=3)
+    return quiet_trainer(max_epochs=2, plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)], **kwargs)
+
+
+def test_a_grad_scaler_neither_loses_nor_doubles_the_penalty() -> None:
+    model = RegRegression(l1=L1, l2=L2)
+    scaled_trainer().fit(model, loader(regression_data()))
+    reference = reference_mixed(
+        torch.float16, torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=3)
+    )
+    assert_same_weights(model.net, reference)
+
+
+class ManualRegRegression(RegRegression):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.automatic_optimization = False
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:  # type: ignore[override]
+        optimizer = self.optimizers()
+        optimizer.zero_grad()  # type: ignore[union-attr]
+        self.manual_backward(nn.functional.mse_loss(self(batch[0]), batch[1]))
+        optimizer.step()  # type: ignore[union-attr]
+
+
+def test_manual_optimization_under_a_grad_scaler_adds_the_unscaled_penalty_gradient() -> None:
+    model = ManualRegRegression(l1=L1, l2=L2)
+    scaled_trainer().fit(model, loader(regression_data()))
+    reference = reference_mixed(
+        torch.float16, torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=3)
+    )
+    for got, want in zip(model.net.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+
+
+class Scheduled(RegRegression):
+    def configure_optimizers(self) -> Any:
+        optimizer = torch.optim.Adam(self.parameters(), lr=0.01)
+        return [optimizer], [torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.7)]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"l1": L1, "l2": L2},
+        {"l1": 0.5, "l2": L2, "l1_mode": "proximal", "l2_mode": "decoupled", "group_l1": 0.05},
+    ],
+    ids=["loss-and-weight-decay", "proximal-and-decoupled"],
+)
+def test_resuming_from_a_checkpoint_continues_bit_for_bit(tmp_path: Path, options: dict[str, Any]) -> None:
+    straight = Scheduled(**options)
+    quiet_trainer(max_epochs=4).fit(straight, loader(regression_data()))
+
+    first = Scheduled(**options)
+    trainer = quiet_trainer(max_epochs=2)
+    trainer.fit(first, loader(regression_data()))
+    trainer.save_checkpoint(tmp_path / "half.ckpt")
+    resumed = Scheduled(**options)
+    resume = quiet_trainer(max_epochs=4)
+    resume.fit(resumed, loader(regression_data()), ckpt_path=tmp_path / "half.ckpt", weights_only=True)
+    assert_same_weights(resumed, straight)
+    assert resume.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.01 * 0.7**4)
+
+
+def test_checkpoints_load_with_weights_only(tmp_path: Path) -> None:
+    model = Scheduled(l1=0.5, l2=L2, l1_mode="proximal", exclude=["net.3.*"])
+    trainer = quiet_trainer(max_epochs=1)
+    trainer.fit(model, loader(regression_data()))
+    trainer.save_checkpoint(tmp_path / "model.ckpt")
+    checkpoint = torch.load(tmp_path / "model.ckpt", weights_only=True)
+    assert checkpoint["hyper_parameters"]["l1_mode"] == "proximal"
+    [optimizer_state] = checkpoint["optimizer_states"]
+    assert [group["name"] for group in optimizer_state["param_groups"]] == ["decay", "no_decay"]
