@@ -98,6 +98,16 @@ def _outermost(name: str, hook: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _unbound(method: Callable[..., Any]) -> Callable[..., Any]:
+    """A hook that takes ``self`` first, from a callable already bound to its instance."""
+
+    @functools.wraps(method)
+    def hook(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return method(*args, **kwargs)
+
+    return hook
+
+
 def _check_base_order(cls: type) -> None:
     """Refuse ``class Net(LightningModule, RegularizedModule)``: the mixin must come first."""
     mro = cls.__mro__
@@ -203,6 +213,12 @@ class RegularizedModule(_Base):
             defined = cls.__dict__.get(name)
             if callable(defined) and not getattr(defined, _MARK, False):
                 setattr(cls, name, _outermost(name, defined))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # LightningCLI's --optimizer installs configure_optimizers on the instance: intercept it too.
+        if name in _FINISHERS and callable(value) and not getattr(value, _MARK, False):
+            value = types.MethodType(_outermost(name, _unbound(value)), self)
+        super().__setattr__(name, value)
 
     @property
     def regularization_options(self) -> RegularizationOptions:
