@@ -118,13 +118,16 @@ class RegularizationMonitor(Callback):
         self._last_global_step = trainer.global_step
         # The loggers' step index, as LearningRateMonitor and ``self.log`` use it for this batch.
         step = trainer.fit_loop.epoch_loop._batches_that_stepped
-        if self._every and (step + 1) % self._every == 0 and trainer.is_global_zero:
+        if self._every and (step + 1) % self._every == 0:
             self._log(trainer, step)
 
     def _log(self, trainer: L.Trainer, step: int) -> None:
         assert self._regularizer is not None
+        # Every process takes part: the sums over sharded weights are collectives. Replicated weights
+        # are counted once, and only global rank 0 writes.
         statistics = self._regularizer.statistics(self.near_zero_tol)
         values = statistics.summary(per_parameter=self.per_layer, penalties=self._penalties)
-        metrics = {PREFIX + key: value for key, value in values.items()}
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=step)
+        if trainer.is_global_zero:
+            metrics = {PREFIX + key: value for key, value in values.items()}
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=step)

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from lightning_reg.sharding import global_value, group_squares, local, piece_of, sum_over_shards
+
 #: Columns of the table returned by :func:`weight_statistics`.
 STATISTICS_COLUMNS = ("abs_sum", "sq_sum", "zeros", "near_zero", "group_norm_sum", "dead_groups")
 
@@ -49,9 +51,9 @@ def l1_norm(params: Sequence[Tensor]) -> Tensor:
     """
     if not params:
         return torch.zeros(())
-    total = torch.sum(torch.abs(params[0]))
+    total = global_value(torch.sum(torch.abs(params[0])))
     for param in params[1:]:
-        total = total + torch.sum(torch.abs(param))
+        total = total + global_value(torch.sum(torch.abs(param)))
     return total
 
 
@@ -63,9 +65,9 @@ def squared_norm(params: Sequence[Tensor]) -> Tensor:
     """
     if not params:
         return torch.zeros(())
-    total = torch.sum(params[0] * params[0])
+    total = global_value(torch.sum(params[0] * params[0]))
     for param in params[1:]:
-        total = total + torch.sum(param * param)
+        total = total + global_value(torch.sum(param * param))
     return total
 
 
@@ -77,9 +79,9 @@ def group_l1_norm(params: Sequence[Tensor], group_by: str) -> Tensor:
     """
     if not params:
         return torch.zeros(())
-    total = group_norms(params[0], group_by).sum()
+    total = global_value(group_norms(params[0], group_by).sum())
     for param in params[1:]:
-        total = total + group_norms(param, group_by).sum()
+        total = total + global_value(group_norms(param, group_by).sum())
     return total
 
 
@@ -114,10 +116,11 @@ def group_shrink_(param: Tensor, threshold: float | Tensor, group_by: str) -> No
     tensor([[2.4000, 3.2000],
             [0.0000, 0.0000]])
     """
-    norms = group_norms(param, group_by)
+    norms = group_squares(param, group_by).sqrt()
     scale = (1 - threshold / norms.clamp_min(torch.finfo(norms.dtype).tiny)).clamp_min(0)
     shape = [-1, 1] if group_by == "rows" else [1, -1]
-    param.mul_(scale.reshape(shape + [1] * (param.dim() - 2)))
+    factor = scale.reshape(shape + [1] * (param.dim() - 2)).expand(param.shape)
+    local(param).mul_(piece_of(factor, param))
 
 
 def weight_statistics(params: Sequence[Tensor], near_zero_tol: float, group_by: str = "rows") -> Tensor:
@@ -138,19 +141,17 @@ def weight_statistics(params: Sequence[Tensor], near_zero_tol: float, group_by: 
     rows = []
     with torch.no_grad():
         for param in params:
-            values = param.detach()
+            values = local(param.detach())
             magnitude = values.abs()
-            norms = torch.linalg.vector_norm(grouped(values, group_by), dim=1, dtype=dtype)
-            rows.append(
-                torch.stack(
-                    (
-                        magnitude.sum(dtype=dtype),
-                        torch.linalg.vector_norm(values, dtype=dtype).square(),
-                        (values == 0).sum().to(dtype),
-                        (magnitude < near_zero_tol).sum().to(dtype),
-                        norms.sum(),
-                        (norms == 0).sum().to(dtype),
-                    )
+            sums = torch.stack(
+                (
+                    magnitude.sum(dtype=dtype),
+                    torch.linalg.vector_norm(values, dtype=dtype).square(),
+                    (values == 0).sum().to(dtype),
+                    (magnitude < near_zero_tol).sum().to(dtype),
                 )
             )
+            norms = group_squares(param.detach(), group_by, dtype).sqrt()
+            group_sums = torch.stack((norms.sum(), (norms == 0).sum().to(dtype)))
+            rows.append(torch.cat((sum_over_shards(sums, param), group_sums)))
         return torch.stack(rows)

@@ -26,6 +26,7 @@ from lightning_reg.penalties import (
     weight_statistics,
 )
 from lightning_reg.selection import Selection, select_parameters
+from lightning_reg.sharding import add_, is_sharded
 
 #: Default threshold below which a weight counts as "near zero" in the statistics.
 NEAR_ZERO_TOL = 1e-3
@@ -106,6 +107,7 @@ class Regularizer:
         )
         self.selection: Selection = select_parameters(model, self.options.exclude)
         self._chosen_ids = frozenset(id(param) for _, param in self.selection.regularized)
+        self._penalty_as_gradient = False
         for pattern in self.selection.unmatched:
             warnings.warn(
                 f"exclude pattern {pattern!r} matches no trainable parameter of "
@@ -142,8 +144,18 @@ class Regularizer:
         return [param for _, param in self.selection.regularized]
 
     def penalty(self) -> Tensor:
-        """The terms to add to the loss (see the class docstring); a constant zero when there are none."""
-        return self._penalty_of(self.parameters)
+        """The terms to add to the loss (see the class docstring); a constant zero when there are none.
+
+        Over sharded parameters (``DTensor``) the value is included but detached: their gradient is added
+        at the optimizer step by the hook :meth:`attach` installs, after FSDP has reduced the gradients of
+        the data loss (autograd through a shard would write a gradient FSDP does not expect).
+        """
+        plain = [param for param in self.parameters if not is_sharded(param)]
+        sharded = [param for param in self.parameters if is_sharded(param)]
+        if not sharded:
+            return self._penalty_of(plain)
+        total = self._penalty_of(sharded).detach()
+        return self._penalty_of(plain) + total if plain else total
 
     def _penalty_of(self, params: Sequence[Tensor]) -> Tensor:
         options = self.options
@@ -192,7 +204,8 @@ class Regularizer:
           when those modes have a strength. Attaching again replaces the earlier hooks.
         - with ``penalty_as_gradient``, the loss-mode terms are not expected in the loss: right before each
           update, :meth:`add_penalty_gradient` adds their gradient to the optimizer's parameters instead
-          (manual optimization, where the package never sees the loss).
+          (manual optimization, where the package never sees the loss). Sharded parameters always get
+          their loss-mode gradient this way (see :meth:`penalty`).
 
         Raises:
             ValueError: see :func:`~lightning_reg.param_groups.split_optimizer`; and for a non-zero
@@ -204,7 +217,8 @@ class Regularizer:
         elif options.l2_mode != "weight_decay" and options.l2 > 0:
             check_no_own_decay(optimizer, self.parameters, f"l2_mode={options.l2_mode!r}")
         before = []
-        if penalty_as_gradient and self.adds_to_loss:
+        self._penalty_as_gradient = penalty_as_gradient
+        if self.adds_to_loss and (penalty_as_gradient or any(map(is_sharded, self.parameters))):
             before.append(self.add_penalty_gradient)
         if options.l2_mode == "decoupled" and options.l2 > 0:
             before.append(self.decoupled_decay)
@@ -217,7 +231,12 @@ class Regularizer:
         Only parameters that have a gradient are counted, each through the optimizer that holds it: the
         same update as if :meth:`penalty` had been added to the loss of this step, once.
         """
-        params = [param for _, group in self._by_group(optimizer) for param in group]
+        params = [
+            param
+            for _, group in self._by_group(optimizer)
+            for param in group
+            if self._penalty_as_gradient or is_sharded(param)
+        ]
         if not params:
             return
         with torch.enable_grad():
@@ -225,7 +244,7 @@ class Regularizer:
         with torch.no_grad():
             for param, gradient in zip(params, gradients, strict=True):
                 assert param.grad is not None
-                param.grad.add_(gradient)
+                add_(param.grad, gradient)
 
     @torch.no_grad()
     def decoupled_decay(self, optimizer: Optimizer) -> None:

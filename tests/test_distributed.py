@@ -1,4 +1,4 @@
-"""Two real DDP processes on the CPU (gloo) end where one process fed both ranks' batches ends."""
+"""Two real processes on the CPU (gloo), DDP or FSDP2, end where one process fed both ranks' batches ends."""
 
 from __future__ import annotations
 
@@ -7,30 +7,25 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
-from ddp_run import BATCH_SIZE, CONFIGS, EPOCHS, WORLD_SIZE
+from distributed_run import BATCH_SIZE, CONFIGS, EPOCHS, WORLD_SIZE
 from helpers import make_net, regression_data, seed_l1_penalty, seed_param_groups
 from torch import nn
 
 LR = 0.05  # LitRegression's SGD learning rate
 
 
-@pytest.fixture(scope="module")
-def ddp_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("ddp")
-    script = Path(__file__).with_name("ddp_run.py")
+@pytest.fixture(scope="module", params=["ddp", "fsdp2"])
+def results(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp(request.param)
+    script = Path(__file__).with_name("distributed_run.py")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    done = subprocess.run(
-        [sys.executable, str(script), str(out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-        check=False,
-    )
+    command = [sys.executable, str(script), str(out), request.param]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return out
 
@@ -49,49 +44,61 @@ def union_batches() -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
     ] * EPOCHS
 
 
-def one_process_reference(options: dict[str, float | str]) -> nn.Module:
-    """The recipe by hand on one process; DDP averages the ranks' gradients, so the losses are averaged."""
+def group_norms(w: torch.Tensor) -> torch.Tensor:
+    """Column norms (group_by="columns")."""
+    return torch.sqrt(torch.sum(w * w, dim=0))
+
+
+def one_process_reference(options: dict[str, Any]) -> nn.Module:
+    """The recipe by hand on one process; DDP and FSDP average the ranks' gradients, so the losses are."""
     net = make_net()
-    l1, l2 = float(options["l1"]), float(options["l2"])
+    l1, l2, group_l1 = options.get("l1", 0.0), options.get("l2", 0.0), options.get("group_l1", 0.0)
     proximal = options.get("l1_mode") == "proximal"
-    decoupled = options.get("l2_mode") == "decoupled"
-    optimizer = torch.optim.SGD(seed_param_groups(net, 0.0 if decoupled else l2), lr=LR)
+    l2_mode = options.get("l2_mode", "weight_decay")
+    optimizer = torch.optim.SGD(seed_param_groups(net, l2 if l2_mode == "weight_decay" else 0.0), lr=LR)
     weights = [p for p in net.parameters() if p.dim() > 1]
     for per_rank in union_batches():
         optimizer.zero_grad()
         loss = sum(nn.functional.mse_loss(net(x), y) for x, y in per_rank) / WORLD_SIZE
         if not proximal:
-            loss = loss + l1 * seed_l1_penalty(net)
+            loss = loss + l1 * seed_l1_penalty(net) + group_l1 * sum(group_norms(w).sum() for w in weights)
+        if l2_mode == "loss":
+            loss = loss + l2 / 2 * sum(torch.sum(w * w) for w in weights)
         loss.backward()
         with torch.no_grad():
-            for w in weights if decoupled else []:
+            for w in weights if l2_mode == "decoupled" else []:
                 w.mul_(1 - LR * l2)
         optimizer.step()
         with torch.no_grad():
             for w in weights if proximal else []:
                 w.copy_(torch.sign(w) * torch.clamp(w.abs() - LR * l1, min=0))
+                if group_l1 > 0:
+                    w.mul_(torch.clamp(1 - LR * group_l1 / group_norms(w), min=0))
     return net
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
-def test_ddp_matches_one_process_on_the_union_of_batches(ddp_results: Path, name: str) -> None:
-    trained = torch.load(ddp_results / f"{name}.pt", weights_only=True)
+def test_matches_one_process_on_the_union_of_batches(results: Path, name: str) -> None:
+    trained = torch.load(results / f"{name}.pt", weights_only=True)
     expected = one_process_reference(CONFIGS[name])
     for key, value in expected.state_dict().items():
         torch.testing.assert_close(trained[key], value, rtol=1e-5, atol=1e-6)
     if name == "proximal":
         assert (trained["0.weight"] == 0).any(), "the proximal run must have exact zeros"
+    if name == "group_proximal":
+        dead = (trained["0.weight"] == 0).all(dim=0).sum() + (trained["3.weight"] == 0).all(dim=0).sum()
+        assert 0 < dead < 5 + 16, "the group run must have dead and live input units"
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
-def test_the_monitor_reports_replicated_weights_once(ddp_results: Path, name: str) -> None:
-    with open(ddp_results / name / "version_0" / "metrics.csv") as handle:
+def test_the_monitor_reports_replicated_weights_once(results: Path, name: str) -> None:
+    with open(results / name / "version_0" / "metrics.csv") as handle:
         rows = [row for row in csv.DictReader(handle) if row.get("reg/l1_norm")]
     steps_per_epoch = len(union_batches()) // EPOCHS
     assert [int(row["step"]) for row in rows] == list(range(EPOCHS * steps_per_epoch)), (
         "one row per step, rank 0 only"
     )
-    trained = torch.load(ddp_results / f"{name}.pt", weights_only=True)
+    trained = torch.load(results / f"{name}.pt", weights_only=True)
     flat = np.concatenate([trained[k].double().numpy().ravel() for k in ("0.weight", "3.weight")])
     assert float(rows[-1]["reg/l1_norm"]) == pytest.approx(np.abs(flat).sum(), rel=1e-9)
     assert float(rows[-1]["reg/sparsity"]) == pytest.approx((flat == 0).mean(), abs=1e-12)

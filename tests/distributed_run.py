@@ -1,0 +1,85 @@
+"""Run by tests/test_distributed.py as its own program: Lightning starts rank 1 by running it again.
+
+Usage: python tests/distributed_run.py OUT_DIR {ddp,fsdp2}. Trains each configuration in CONFIGS on 2 CPU
+processes (gloo), each rank on its own half of the data, with DDP (replicated weights) or FSDP2
+(``fully_shard`` under ``ModelParallelStrategy``: DTensor weights, each rank holding half of each), and
+saves the final full weights and the monitor's CSV log.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as L
+import torch
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.strategies import ModelParallelStrategy, Strategy
+from torch.utils.data import DataLoader, TensorDataset
+
+sys.path.insert(0, str(Path(__file__).parent))
+from helpers import LitRegression, regression_data
+
+from lightning_reg import RegularizationMonitor, RegularizedModule
+
+WORLD_SIZE, BATCH_SIZE, EPOCHS = 2, 4, 2
+CONFIGS: dict[str, dict[str, Any]] = {
+    "loss": {"l1": 3e-3, "l2": 2e-2},
+    "proximal": {"l1": 0.5, "l2": 2e-2, "l1_mode": "proximal", "l2_mode": "decoupled"},
+    "group_loss": {"group_l1": 0.05, "group_by": "columns", "l2": 2e-2, "l2_mode": "loss"},
+    "group_proximal": {"group_l1": 2.0, "group_by": "columns", "l1_mode": "proximal"},
+}
+
+
+class HalfTheData(RegularizedModule, LitRegression):
+    def train_dataloader(self) -> DataLoader[tuple[torch.Tensor, ...]]:
+        x, y = regression_data().tensors
+        rank = self.trainer.global_rank
+        return DataLoader(TensorDataset(x[rank::WORLD_SIZE], y[rank::WORLD_SIZE]), batch_size=BATCH_SIZE)
+
+
+class Sharded(HalfTheData):
+    def configure_model(self) -> None:
+        from torch.distributed.fsdp import fully_shard
+
+        fully_shard(self.net, mesh=self.device_mesh["data_parallel"])
+
+
+def full_weights(model: L.LightningModule) -> dict[str, torch.Tensor]:
+    """Every process calls this: gathering sharded weights is a collective."""
+    return {
+        name: (value.full_tensor() if hasattr(value, "full_tensor") else value).detach().clone()
+        for name, value in model.net.state_dict().items()
+    }
+
+
+def main(out: Path, kind: str) -> None:
+    for name, options in CONFIGS.items():
+        model = (Sharded if kind == "fsdp2" else HalfTheData)(**options)
+        strategy: str | Strategy = (
+            ModelParallelStrategy(data_parallel_size=WORLD_SIZE, tensor_parallel_size=1)
+            if kind == "fsdp2"
+            else "ddp"
+        )
+        trainer = L.Trainer(
+            accelerator="cpu",
+            devices=WORLD_SIZE,
+            strategy=strategy,
+            max_epochs=EPOCHS,
+            use_distributed_sampler=False,
+            logger=CSVLogger(out, name=name, version=0),
+            callbacks=[RegularizationMonitor(log_every_n_steps=1)],
+            log_every_n_steps=1,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            enable_checkpointing=False,
+        )
+        trainer.fit(model)
+        weights = full_weights(model)
+        if trainer.is_global_zero:
+            torch.save(weights, out / f"{name}.pt")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), sys.argv[2])
