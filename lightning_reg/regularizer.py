@@ -241,10 +241,11 @@ class Regularizer:
             return
         with torch.enable_grad():
             gradients = torch.autograd.grad(self._penalty_of(params), params)
+        scale = step_hooks.pending_grad_scale(optimizer)  # a fused optimizer unscales inside its step
         with torch.no_grad():
             for param, gradient in zip(params, gradients, strict=True):
                 assert param.grad is not None
-                add_(param.grad, gradient)
+                add_(param.grad, gradient if scale is None else gradient * scale)
 
     @torch.no_grad()
     def decoupled_decay(self, optimizer: Optimizer) -> None:
@@ -273,12 +274,15 @@ class Regularizer:
                     group_shrink_(param, lr * options.group_l1, options.group_by)
 
     def _by_group(self, optimizer: Optimizer) -> Iterable[tuple[Any, list[Tensor]]]:
-        """``(lr, the params of W in the group that have a gradient)`` for each group of ``optimizer``."""
-        chosen = self._chosen_ids
+        """``(lr, the params of W in the group that have a gradient)`` for each group of ``optimizer``.
+
+        ``lr`` is ``0`` (as a device tensor) in a step a fused optimizer skips for inf gradients.
+        """
+        chosen, taken = self._chosen_ids, step_hooks.step_taken(optimizer)
         for group in optimizer.param_groups:
             params = [p for p in group["params"] if id(p) in chosen and p.grad is not None]
             if params:
-                yield group["lr"], params
+                yield (group["lr"] if isinstance(taken, float) else group["lr"] * taken), params
 
     def statistics(self, near_zero_tol: float = NEAR_ZERO_TOL) -> WeightStatistics:
         """Norms and zero counts of ``W``, as tensors on the weights' device (no host synchronisation)."""

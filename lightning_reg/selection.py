@@ -19,6 +19,9 @@ from fnmatch import fnmatchcase
 
 from torch import nn
 
+#: The attribute FSDP1 sets on the parameters it flattens (``torch.distributed.fsdp._common_utils``).
+_FSDP1_FLATTENED = "_fsdp_flattened"
+
 
 @dataclass(frozen=True)
 class Selection:
@@ -42,6 +45,9 @@ def select_parameters(model: nn.Module, exclude: Iterable[str] = ()) -> Selectio
         model: any ``torch.nn.Module``.
         exclude: glob patterns (``fnmatch`` syntax, ``*`` crosses dots) over parameter names.
 
+    Raises:
+        ValueError: a parameter was flattened by FSDP1, which hides the shapes the rule needs.
+
     >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
     >>> chosen = select_parameters(model, exclude=["2.*"])
     >>> [name for name, _ in chosen.regularized]
@@ -63,6 +69,13 @@ def select_parameters(model: nn.Module, exclude: Iterable[str] = ()) -> Selectio
     for key, param in first.items():
         if not param.requires_grad:
             continue
+        if getattr(param, _FSDP1_FLATTENED, False):
+            raise ValueError(
+                f"Cannot select the regularized parameters of {type(model).__name__}: "
+                f"{aliases[key][0]!r} was flattened by FSDP1 (Lightning's FSDPStrategy), so its shape, "
+                "which the dim() > 1 rule reads, is gone. Use ModelParallelStrategy with "
+                "torch.distributed.fsdp.fully_shard (FSDP2): its DTensor parameters keep their shapes."
+            )
         names = aliases[key]
         hits = {pattern for pattern in patterns for name in names if fnmatchcase(name, pattern)}
         matched |= hits

@@ -3,7 +3,9 @@
 ``before`` runs once the gradients of the step exist: at once when ``step()`` gets no closure, and after
 the closure's first evaluation when it gets one (Lightning's automatic optimization and LBFGS evaluate
 the loss and its gradients inside ``step(closure)``). ``after`` runs when ``step`` returns. A step that
-is skipped (e.g. by ``GradScaler`` on inf gradients) calls neither.
+is skipped (e.g. by ``GradScaler`` on inf gradients) calls neither, except for fused optimizers, which
+``GradScaler`` lets skip the update themselves: :func:`step_taken` and :func:`pending_grad_scale` tell the
+callbacks what such a step does.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from torch import Tensor
 from torch.optim import Optimizer
 from torch.utils.hooks import RemovableHandle
 
@@ -77,3 +80,26 @@ def _after_first_call(closure: Callable[[], Any], then: Callable[[], None]) -> C
         return result
 
     return wrapped
+
+
+def pending_grad_scale(optimizer: Optimizer) -> Tensor | None:
+    """The factor the gradients still carry during this step, or ``None`` when they carry none.
+
+    ``GradScaler`` leaves the gradients of a fused optimizer scaled and has the optimizer unscale them
+    inside ``step``, telling it the factor as ``optimizer.grad_scale``.
+    """
+    return getattr(optimizer, "grad_scale", None)
+
+
+def step_taken(optimizer: Optimizer) -> float | Tensor:
+    """``1`` when this step updates the weights; ``0`` when ``GradScaler`` found inf gradients.
+
+    During a fused optimizer's scaled step it is a device tensor, read without a host synchronisation
+    (the optimizer itself skips the update on that device); otherwise a skipped step never reaches the
+    hooks, and this is the float ``1.0``.
+    """
+    found_inf = getattr(optimizer, "found_inf", None)
+    if found_inf is None:
+        return 1.0
+    taken: Tensor = (found_inf == 0).to(found_inf.dtype)
+    return taken

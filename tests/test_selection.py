@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -80,3 +81,12 @@ def test_any_float_dtype_and_any_rank_above_one() -> None:
     model.vector = nn.Parameter(torch.zeros(3))
     model.kernel = nn.Parameter(torch.zeros(1, 1, 1, 1))
     assert names(select_parameters(model).regularized) == ["w64", "w16", "kernel"]
+
+
+def test_parameters_flattened_by_fsdp1_are_refused_not_silently_skipped() -> None:
+    model = Block()
+    model.head.weight._fsdp_flattened = True  # what FSDP1 marks; a flat shard looks 1-D
+    with pytest.raises(
+        ValueError, match=r"'head.weight' was flattened by FSDP1 .* Use ModelParallelStrategy"
+    ):
+        select_parameters(model)

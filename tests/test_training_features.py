@@ -21,6 +21,7 @@ from helpers import (
     regression_data,
     seed_l1_penalty,
     seed_param_groups,
+    train_reference,
 )
 from lightning.pytorch.plugins.precision import MixedPrecision
 from torch import Tensor, nn
@@ -175,3 +176,107 @@ def test_checkpoints_load_with_weights_only(tmp_path: Path) -> None:
     assert checkpoint["hyper_parameters"]["l1_mode"] == "proximal"
     [optimizer_state] = checkpoint["optimizer_states"]
     assert [group["name"] for group in optimizer_state["param_groups"]] == ["decay", "no_decay"]
+
+
+def test_a_torch_compiled_module_is_regularized_exactly() -> None:
+    """``trainer.fit(torch.compile(model))``: Lightning unwraps the module and compiles its forward."""
+    model = RegRegression(l1=L1, l2=L2)
+    compiled = torch.compile(model, backend="eager")  # the compiler does not matter here; eager is quick
+    quiet_trainer(max_epochs=2).fit(compiled, loader(regression_data()))  # type: ignore[arg-type]
+    assert_same_weights(
+        model.net, train_reference(make_net(), loader(regression_data()), l1=L1, l2=L2, epochs=2)
+    )
+
+
+class CompiledInside(RegRegression):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.net = torch.compile(self.net, backend="eager")  # type: ignore[assignment]
+
+
+def test_a_module_with_a_compiled_submodule_is_regularized_exactly() -> None:
+
+    model = CompiledInside(l1=L1, l2=L2, exclude=["net._orig_mod.3.*"])
+    quiet_trainer(max_epochs=2).fit(model, loader(regression_data()))
+    assert model.regularizer.names == ["net._orig_mod.0.weight"]
+    expected = make_net()
+    optimizer = torch.optim.SGD(
+        [
+            {"params": [expected[0].weight], "weight_decay": L2},
+            {"params": [p for n, p in expected.named_parameters() if n != "0.weight"], "weight_decay": 0.0},
+        ],
+        lr=0.05,
+    )
+    for _ in range(2):
+        for x, y in loader(regression_data()):
+            optimizer.zero_grad()
+            (nn.functional.mse_loss(expected(x), y) + L1 * expected[0].weight.abs().sum()).backward()
+            optimizer.step()
+    assert_same_weights(model.net._orig_mod, expected)
+
+
+class FusedManual(ManualRegRegression):
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=0.01, fused=True)
+
+
+def test_a_fused_optimizer_that_unscales_inside_its_step_gets_a_scaled_penalty_gradient() -> None:
+    """GradScaler leaves a fused optimizer's gradients scaled; the added penalty gradient must be too."""
+    model = FusedManual(l1=L1)
+    scaled_trainer().fit(model, loader(regression_data()))
+    expected = make_net()
+    optimizer = torch.optim.Adam(expected.parameters(), lr=0.01, fused=True)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=3)
+    for _ in range(2):
+        for x, y in loader(regression_data()):
+            optimizer.zero_grad()
+            with torch.autocast("cpu", dtype=torch.float16):
+                total = recipe_step(expected, x, y)
+            scaler.scale(total).backward()
+            scaler.step(optimizer)
+            scaler.update()
+    assert_same_weights(model.net, expected)
+
+
+class FusedAdam(RegRegression):
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=0.01, fused=True)
+
+
+def test_steps_a_fused_optimizer_skips_for_inf_gradients_skip_decay_and_threshold() -> None:
+    """init_scale 2**20 overflows float16 at first: GradScaler has the fused optimizer skip those steps."""
+    options = {"l1": 0.5, "l2": 0.1, "l1_mode": "proximal", "l2_mode": "decoupled"}
+    model = FusedAdam(**options)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**20, growth_interval=3)
+    trainer = quiet_trainer(max_epochs=2, plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)])
+    trainer.fit(model, loader(regression_data()))
+
+    expected = make_net()
+    weights = [p for p in expected.parameters() if p.dim() > 1]
+    adamw = torch.optim.AdamW(
+        [
+            {"params": weights, "weight_decay": 0.1},
+            {"params": [p for p in expected.parameters() if p.dim() <= 1], "weight_decay": 0.0},
+        ],
+        lr=0.01,
+        fused=True,
+    )
+    reference_scaler = torch.amp.GradScaler("cpu", init_scale=2.0**20, growth_interval=3)
+    skipped = 0
+    for _ in range(2):
+        for x, y in loader(regression_data()):
+            adamw.zero_grad()
+            with torch.autocast("cpu", dtype=torch.float16):
+                loss = nn.functional.mse_loss(expected(x), y)
+            reference_scaler.scale(loss).backward()
+            scale = reference_scaler.get_scale()
+            reference_scaler.step(adamw)
+            reference_scaler.update()
+            if reference_scaler.get_scale() < scale:  # the step was skipped
+                skipped += 1
+                continue
+            with torch.no_grad():
+                for w in weights:
+                    w.copy_(torch.sign(w) * torch.clamp(w.abs() - 0.01 * 0.5, min=0))
+    assert 0 < skipped < 12, "the test needs skipped and taken steps"
+    assert_same_weights(model.net, expected)
