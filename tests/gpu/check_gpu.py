@@ -1,0 +1,143 @@
+"""Prepared checks for a machine with one CUDA GPU: ``python tests/gpu/check_gpu.py`` (about a minute).
+
+Not part of the test suite (CI has no GPU). Each check trains through ``Trainer.fit`` on the GPU and
+compares with the tutorial's recipe run by hand on the same GPU, or expects a documented refusal:
+
+1. ``precision="16-mixed"`` with Lightning's CUDA ``GradScaler``: the penalty is not lost nor scaled twice.
+2. manual optimization with a fused Adam under ``16-mixed``: the scaler leaves the gradients scaled and the
+   optimizer unscales them itself, so the added penalty gradient must be scaled too.
+3. ``l2_mode="decoupled"`` with fused Adam is fused AdamW, step for step.
+4. Lightning's ``FSDPStrategy`` (FSDP1) flattens the parameters: the package must refuse it clearly.
+
+Prints one line per check and exits non-zero if any fails.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).parents[1]))
+from helpers import LitRegression, loader, make_net, quiet_trainer, regression_data, seed_l1_penalty
+
+from lightning_reg import RegularizedModule
+
+L1, L2, LR = 3e-3, 2e-2, 0.01
+
+
+class Adam(RegularizedModule, LitRegression):
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=LR, fused=self.fused)
+
+    fused = False
+
+
+class FusedAdam(Adam):
+    fused = True
+
+
+class FusedManual(FusedAdam):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.automatic_optimization = False
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:  # type: ignore[override]
+        optimizer = self.optimizers()
+        optimizer.zero_grad()  # type: ignore[union-attr]
+        self.manual_backward(nn.functional.mse_loss(self(batch[0]), batch[1]))
+        optimizer.step()  # type: ignore[union-attr]
+
+
+def reference(l1: float, optimizer: Callable[[nn.Module], torch.optim.Optimizer]) -> nn.Module:
+    net = make_net().cuda()
+    opt = optimizer(net)
+    scaler = torch.amp.GradScaler("cuda")
+    for _ in range(2):
+        for x, y in loader(regression_data()):
+            x, y = x.cuda(), y.cuda()
+            opt.zero_grad()
+            with torch.autocast("cuda", dtype=torch.float16):
+                total = nn.functional.mse_loss(net(x), y) + l1 * seed_l1_penalty(net)
+            scaler.scale(total).backward()
+            scaler.step(opt)
+            scaler.update()
+    return net
+
+
+TOLERANCE = 1e-5  # the same kernels run in both; anything larger is a wrong penalty, not rounding
+
+
+def max_difference(model: Any, expected: nn.Module) -> float:
+    pairs = zip(model.net.parameters(), expected.parameters(), strict=True)
+    difference = max((a - b).abs().max().item() for a, b in pairs)
+    assert difference <= TOLERANCE, f"max |diff| {difference:.2e} > {TOLERANCE}"
+    return difference
+
+
+def fit(model: Any, **kwargs: Any) -> None:
+    quiet_trainer(max_epochs=2, accelerator="gpu", precision="16-mixed", **kwargs).fit(
+        model, loader(regression_data())
+    )
+
+
+def check_automatic_amp() -> str:
+    model = Adam(l1=L1)
+    fit(model)
+    expected = reference(L1, lambda n: torch.optim.Adam(n.parameters(), lr=LR))
+    return f"max |diff| {max_difference(model, expected):.2e}"
+
+
+def check_manual_fused() -> str:
+    model = FusedManual(l1=L1)
+    fit(model)
+    expected = reference(L1, lambda n: torch.optim.Adam(n.parameters(), lr=LR, fused=True))
+    return f"max |diff| {max_difference(model, expected):.2e}"
+
+
+def check_decoupled_fused() -> str:
+    model = FusedAdam(l2=L2, l2_mode="decoupled")
+    fit(model)
+
+    def adamw(net: nn.Module) -> torch.optim.Optimizer:
+        decay = [p for p in net.parameters() if p.dim() > 1]
+        rest = [p for p in net.parameters() if p.dim() <= 1]
+        groups = [{"params": decay, "weight_decay": L2}, {"params": rest, "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=LR, fused=True)
+
+    return f"max |diff| {max_difference(model, reference(0.0, adamw)):.2e}"
+
+
+def check_fsdp1_refused() -> str:
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    try:
+        fit(Adam(l1=L1), strategy=FSDPStrategy(use_orig_params=True), devices=1)
+    except ValueError as error:
+        if "flattened by FSDP1" in str(error):
+            return "refused: " + str(error)[:80] + "..."
+        raise
+    raise AssertionError("FSDPStrategy was not refused")
+
+
+def main() -> int:
+    assert torch.cuda.is_available(), "needs a CUDA GPU"
+    print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}")
+    failed = 0
+    for check in (check_automatic_amp, check_manual_fused, check_decoupled_fused, check_fsdp1_refused):
+        try:
+            print(f"PASS {check.__name__}: {check()}")
+        except Exception:
+            failed += 1
+            print(f"FAIL {check.__name__}:\n{traceback.format_exc()}")
+    print(f"{4 - failed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
