@@ -107,6 +107,14 @@ class Regularizer:
         )
         self.selection: Selection = select_parameters(model, self.options.exclude)
         self._chosen_ids = frozenset(id(param) for _, param in self.selection.regularized)
+        # Worked out once: the training step reads them every step.
+        self._plain = [param for _, param in self.selection.regularized if not is_sharded(param)]
+        self._sharded = [param for _, param in self.selection.regularized if is_sharded(param)]
+        options = self.options
+        in_loss = options.l1_mode == "loss" and (options.l1 > 0 or options.group_l1 > 0)
+        self._adds_to_loss = bool(self.selection.regularized) and (
+            in_loss or (options.l2_mode == "loss" and options.l2 > 0)
+        )
         self._penalty_as_gradient = False
         for pattern in self.selection.unmatched:
             warnings.warn(
@@ -150,12 +158,10 @@ class Regularizer:
         at the optimizer step by the hook :meth:`attach` installs, after FSDP has reduced the gradients of
         the data loss (autograd through a shard would write a gradient FSDP does not expect).
         """
-        plain = [param for param in self.parameters if not is_sharded(param)]
-        sharded = [param for param in self.parameters if is_sharded(param)]
-        if not sharded:
-            return self._penalty_of(plain)
-        total = self._penalty_of(sharded).detach()
-        return self._penalty_of(plain) + total if plain else total
+        if not self._sharded:
+            return self._penalty_of(self._plain)
+        total = self._penalty_of(self._sharded).detach()
+        return self._penalty_of(self._plain) + total if self._plain else total
 
     def _penalty_of(self, params: Sequence[Tensor]) -> Tensor:
         options = self.options
@@ -176,9 +182,7 @@ class Regularizer:
     @property
     def adds_to_loss(self) -> bool:
         """Whether :meth:`penalty` has any term: the Lightning adapter skips it when not."""
-        options = self.options
-        in_loss = options.l1_mode == "loss" and (options.l1 > 0 or options.group_l1 > 0)
-        return bool(self.parameters) and (in_loss or (options.l2_mode == "loss" and options.l2 > 0))
+        return self._adds_to_loss
 
     def param_groups(self) -> list[dict[str, Any]]:
         """Optimizer groups: ``W`` with ``weight_decay=l2``, every other trainable parameter with ``0``.
@@ -218,7 +222,7 @@ class Regularizer:
             check_no_own_decay(optimizer, self.parameters, f"l2_mode={options.l2_mode!r}")
         before = []
         self._penalty_as_gradient = penalty_as_gradient
-        if self.adds_to_loss and (penalty_as_gradient or any(map(is_sharded, self.parameters))):
+        if self.adds_to_loss and (penalty_as_gradient or self._sharded):
             before.append(self.add_penalty_gradient)
         if options.l2_mode == "decoupled" and options.l2 > 0:
             before.append(self.decoupled_decay)
