@@ -6,9 +6,11 @@
 Model: ``layers`` x (``Linear(width, width)`` + ``LayerNorm(width)``), batch 32, SGD, MSE, trained with
 ``Trainer.fit``. Each variant runs in its own process (so that its peak resident memory is its own) and
 reports the median wall time of a training step, measured from ``on_train_batch_start`` to
-``on_train_batch_end`` after a warm-up. The floor is measured in the parent process, on a model of the same
-shapes: one multi-tensor pass ``grads += lam * W`` over the regularized weights (read W, read and write
-the gradients). Ratios are overheads (variant minus plain step) over that floor, in the same run.
+``on_train_batch_end`` after a warm-up. The variants run ``--repeats`` times, interleaved, and the table
+shows the median of the runs' medians with the lowest and highest of them: a shared machine is noisy.
+The floor is measured in the parent process, on a model of the same shapes: one multi-tensor pass
+``grads += lam * W`` over the regularized weights (read W, read and write the gradients). Ratios are
+overheads (variant minus plain step) over that floor, in the same run.
 """
 
 from __future__ import annotations
@@ -123,23 +125,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=632)
     parser.add_argument("--steps", type=int, default=30, help="timed steps per variant (after --warmup)")
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each variant, interleaved")
     parser.add_argument("--quick", action="store_true", help="2 layers of width 64, 5 steps: a smoke run")
     parser.add_argument("--variant", help=argparse.SUPPRESS)  # internal: run one variant, print JSON
     args = parser.parse_args(argv)
     if args.quick:
-        args.layers, args.width, args.steps, args.warmup = 2, 64, 5, 2
+        args.layers, args.width, args.steps, args.warmup, args.repeats = 2, 64, 5, 2, 1
     if args.variant:
         print(json.dumps(run_variant(args.variant, args.layers, args.width, args.steps, args.warmup)))
         return 0
 
     shape = ["--layers", str(args.layers), "--width", str(args.width)]
     shape += ["--steps", str(args.steps), "--warmup", str(args.warmup)]
-    results = {}
-    for name in VARIANTS:
-        command = [sys.executable, __file__, "--variant", name, *shape]
-        done = subprocess.run(command, capture_output=True, text=True, check=True)
-        results[name] = json.loads(done.stdout.strip().splitlines()[-1])
-        print(f"  measured {name}", file=sys.stderr)
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in VARIANTS}
+    for repeat in range(args.repeats):
+        for name in VARIANTS:
+            command = [sys.executable, __file__, "--variant", name, *shape]
+            done = subprocess.run(command, capture_output=True, text=True, check=True)
+            runs[name].append(json.loads(done.stdout.strip().splitlines()[-1]))
+            print(f"  run {repeat + 1}/{args.repeats}: {name}", file=sys.stderr)
+    results = {
+        name: {
+            "median_s": statistics.median(run["median_s"] for run in measured),
+            "low_s": min(run["median_s"] for run in measured),
+            "high_s": max(run["median_s"] for run in measured),
+            "peak_mib": max(run["peak_mib"] for run in measured),
+        }
+        for name, measured in runs.items()
+    }
     floor = floor_seconds(args.layers, args.width, repeats=max(20, args.steps))
 
     model = build(args.layers, args.width)
@@ -148,21 +161,24 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"model: {args.layers} x (Linear({args.width}, {args.width}) + LayerNorm({args.width})) = "
         f"{params / 1e6:.2f}M parameters in {len(list(model.parameters()))} tensors; batch 32; SGD; "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.steps} timed steps"
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.steps} timed steps, "
+        f"{args.repeats} runs each"
     )
     print(f"floor (grads += lam * W, one multi-tensor pass): {floor * 1e3:.2f} ms")
     print(f"largest weight tensor: {largest:.2f} MiB\n")
     plain = results["plain"]
     header = (
-        f"{'variant':36s} {'step ms':>8s} {'overhead ms':>12s} {'x floor':>8s} {'peak MiB':>9s} {'+MiB':>6s}"
+        f"{'variant':36s} {'step ms':>8s} {'runs ms':>13s} {'overhead ms':>12s} {'x floor':>8s} "
+        f"{'peak MiB':>9s} {'+MiB':>6s}"
     )
     print(header)
     print("-" * len(header))
     for name, result in results.items():
         overhead = result["median_s"] - plain["median_s"]
         ratio = "" if name == "plain" else f"{overhead / floor:8.2f}"
+        spread = f"{result['low_s'] * 1e3:.1f}-{result['high_s'] * 1e3:.1f}"
         print(
-            f"{name:36s} {result['median_s'] * 1e3:8.1f} {overhead * 1e3:12.1f} {ratio:>8s} "
+            f"{name:36s} {result['median_s'] * 1e3:8.1f} {spread:>13s} {overhead * 1e3:12.1f} {ratio:>8s} "
             f"{result['peak_mib']:9.0f} {result['peak_mib'] - plain['peak_mib']:6.0f}"
         )
     return 0
