@@ -49,8 +49,9 @@ def _attach_to_optimizers(module: RegularizedModule, output: Any) -> Any:
     as gradients added right before each ``opt.step()``, each parameter through its own optimizer.
     """
     regularizer = module.regularizer
-    optimizers = [item for item in _walk(output) if isinstance(item, Optimizer)]
-    schedulers = [item for item in _walk(output) if isinstance(getattr(item, "optimizer", None), Optimizer)]
+    returned = list(_walk(output))
+    optimizers = [item for item in returned if isinstance(item, Optimizer)]
+    schedulers = [item for item in returned if isinstance(getattr(item, "optimizer", None), Optimizer)]
     for optimizer in optimizers:
         regularizer.attach(optimizer, schedulers, penalty_as_gradient=not module.automatic_optimization)
     return output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Iterable, Sequence
@@ -115,7 +116,6 @@ class Regularizer:
         self._adds_to_loss = bool(self.selection.regularized) and (
             in_loss or (options.l2_mode == "loss" and options.l2 > 0)
         )
-        self._penalty_as_gradient = False
         for pattern in self.selection.unmatched:
             warnings.warn(
                 f"exclude pattern {pattern!r} matches no trainable parameter of "
@@ -220,26 +220,28 @@ class Regularizer:
             split_optimizer(optimizer, self.parameters, options.l2, schedulers)
         elif options.l2_mode != "weight_decay" and options.l2 > 0:
             check_no_own_decay(optimizer, self.parameters, f"l2_mode={options.l2_mode!r}")
-        before = []
-        self._penalty_as_gradient = penalty_as_gradient
-        if self.adds_to_loss and (penalty_as_gradient or self._sharded):
+        before: list[step_hooks.StepCallback] = []
+        if self.adds_to_loss and penalty_as_gradient:
             before.append(self.add_penalty_gradient)
+        elif self.adds_to_loss and self._sharded:
+            before.append(functools.partial(self.add_penalty_gradient, sharded_only=True))
         if options.l2_mode == "decoupled" and options.l2 > 0:
             before.append(self.decoupled_decay)
         proximal = options.l1_mode == "proximal" and (options.l1 > 0 or options.group_l1 > 0)
         step_hooks.attach(optimizer, before=before, after=[self.proximal_step] if proximal else [])
 
-    def add_penalty_gradient(self, optimizer: Optimizer) -> None:
+    def add_penalty_gradient(self, optimizer: Optimizer, *, sharded_only: bool = False) -> None:
         """Add the gradient of :meth:`penalty` to the ``.grad`` of the ``W`` in ``optimizer``.
 
         Only parameters that have a gradient are counted, each through the optimizer that holds it: the
-        same update as if :meth:`penalty` had been added to the loss of this step, once.
+        same update as if :meth:`penalty` had been added to the loss of this step, once. With
+        ``sharded_only``, only sharded parameters (whose gradient :meth:`penalty` leaves out).
         """
         params = [
             param
             for _, group in self._by_group(optimizer)
             for param in group
-            if self._penalty_as_gradient or is_sharded(param)
+            if not sharded_only or is_sharded(param)
         ]
         if not params:
             return
