@@ -11,6 +11,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from lightning_reg import RegularizedModule
+
 Batch = tuple[Tensor, Tensor]
 
 
@@ -111,3 +113,24 @@ def assert_same_weights(actual: nn.Module, expected: nn.Module) -> None:
     got = dict(actual.named_parameters())
     for name, want in expected.named_parameters():
         assert torch.equal(got[name], want), f"{name} differs: max |diff| {(got[name] - want).abs().max()}"
+
+
+class RegRegression(RegularizedModule, LitRegression):
+    """The user's module with the mixin in front."""
+
+
+class ManualOptimization:
+    """Mixin: the next class's training loss, trained by manual optimization as a user writes it.
+
+    Nothing in the step is about regularization. Put it first: ``class M(ManualOptimization, RegNet)``.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.automatic_optimization = False
+
+    def training_step(self, batch: Batch, batch_idx: int) -> None:
+        optimizer = self.optimizers()  # type: ignore[attr-defined]
+        optimizer.zero_grad()
+        self.manual_backward(super().training_step(batch, batch_idx))  # type: ignore[misc,attr-defined]
+        optimizer.step()

@@ -6,19 +6,13 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import LitRegression, loader, regression_data
+from helpers import RegRegression, loader, regression_data
 from lightning.pytorch.cli import LightningCLI
-
-from lightning_reg import RegularizedModule
 
 pytest.importorskip("jsonargparse")
 # jsonargparse deprecations raised inside lightning.pytorch.cli, and the CLI's own notice that it overrides
 # configure_optimizers: not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore:.*will be overridden by.*")
-
-
-class RegRegression(RegularizedModule, LitRegression):
-    pass
 
 
 def cli(*args: str, **kwargs: Any) -> LightningCLI:

@@ -14,7 +14,7 @@ import lightning.pytorch as L
 import numpy as np
 import pytest
 import torch
-from helpers import quiet_trainer
+from helpers import ManualOptimization, quiet_trainer
 from sklearn.linear_model import ElasticNet, Lasso, MultiTaskLasso, Ridge
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -242,16 +242,8 @@ def test_loss_mode_group_l1_adds_its_term() -> None:
     assert model.training_step(batch, 0).item() == pytest.approx(expected, rel=1e-14)
 
 
-class ManualRegLinear(RegLinear):
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.automatic_optimization = False
-
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:  # type: ignore[override]
-        optimizer = self.optimizers()
-        optimizer.zero_grad()  # type: ignore[union-attr]
-        self.manual_backward(LinearRegression.training_step(self, batch, batch_idx))
-        optimizer.step()  # type: ignore[union-attr]
+class ManualRegLinear(ManualOptimization, RegLinear):
+    pass
 
 
 def test_proximal_and_decoupled_modes_work_with_manual_optimization() -> None:

@@ -12,6 +12,8 @@ import torch
 from helpers import (
     Batch,
     LitRegression,
+    ManualOptimization,
+    RegRegression,
     assert_same_weights,
     loader,
     make_net,
@@ -37,10 +39,6 @@ DEFAULT_OPTIONS = {
     "group_by": "rows",
     "l2_mode": "weight_decay",
 }
-
-
-class RegRegression(RegularizedModule, LitRegression):
-    """Pattern 1: the mixin in front of a module the user already has."""
 
 
 class BaseRegression(RegularizedModule, L.LightningModule):
@@ -335,18 +333,8 @@ def test_the_mixin_must_come_first() -> None:
             pass
 
 
-class Manual(RegRegression):
+class Manual(ManualOptimization, RegRegression):
     """Manual optimization, as a user writes it: nothing about regularization in the step."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.automatic_optimization = False
-
-    def training_step(self, batch: Batch, batch_idx: int) -> None:  # type: ignore[override]
-        optimizer = self.optimizers()
-        optimizer.zero_grad()  # type: ignore[union-attr]
-        self.manual_backward(nn.functional.mse_loss(self(batch[0]), batch[1]))
-        optimizer.step()  # type: ignore[union-attr]
 
 
 def test_manual_optimization_is_regularized_without_changing_the_users_code() -> None:

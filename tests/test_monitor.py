@@ -12,19 +12,15 @@ import lightning.pytorch as L
 import numpy as np
 import pytest
 import torch
-from helpers import LitRegression, assert_same_weights, loader, quiet_trainer, regression_data
+from helpers import LitRegression, RegRegression, assert_same_weights, loader, quiet_trainer, regression_data
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from lightning_reg import RegularizationMonitor, RegularizedModule
+from lightning_reg import RegularizationMonitor
 
 L1, L2 = 3e-3, 2e-2
 W_NAMES = ("net.0.weight", "net.3.weight")
-
-
-class RegRegression(RegularizedModule, LitRegression):
-    pass
 
 
 class Snapshots(L.Callback):

@@ -13,7 +13,8 @@ import lightning.pytorch as L
 import pytest
 import torch
 from helpers import (
-    LitRegression,
+    ManualOptimization,
+    RegRegression,
     assert_same_weights,
     loader,
     make_net,
@@ -26,13 +27,7 @@ from helpers import (
 from lightning.pytorch.plugins.precision import MixedPrecision
 from torch import Tensor, nn
 
-from lightning_reg import RegularizedModule
-
 L1, L2 = 3e-3, 2e-2
-
-
-class RegRegression(RegularizedModule, LitRegression):
-    pass
 
 
 def recipe_step(net: nn.Module, x: Tensor, y: Tensor, l1: float = L1) -> Tensor:
@@ -116,16 +111,8 @@ def test_a_grad_scaler_neither_loses_nor_doubles_the_penalty() -> None:
     assert_same_weights(model.net, reference)
 
 
-class ManualRegRegression(RegRegression):
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.automatic_optimization = False
-
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:  # type: ignore[override]
-        optimizer = self.optimizers()
-        optimizer.zero_grad()  # type: ignore[union-attr]
-        self.manual_backward(nn.functional.mse_loss(self(batch[0]), batch[1]))
-        optimizer.step()  # type: ignore[union-attr]
+class ManualRegRegression(ManualOptimization, RegRegression):
+    pass
 
 
 def test_manual_optimization_under_a_grad_scaler_adds_the_unscaled_penalty_gradient() -> None:

@@ -24,7 +24,15 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from helpers import LitRegression, loader, make_net, quiet_trainer, regression_data, seed_l1_penalty
+from helpers import (
+    LitRegression,
+    ManualOptimization,
+    loader,
+    make_net,
+    quiet_trainer,
+    regression_data,
+    seed_l1_penalty,
+)
 
 from lightning_reg import RegularizedModule
 
@@ -42,16 +50,8 @@ class FusedAdam(Adam):
     fused = True
 
 
-class FusedManual(FusedAdam):
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.automatic_optimization = False
-
-    def training_step(self, batch: Any, batch_idx: int) -> None:  # type: ignore[override]
-        optimizer = self.optimizers()
-        optimizer.zero_grad()  # type: ignore[union-attr]
-        self.manual_backward(nn.functional.mse_loss(self(batch[0]), batch[1]))
-        optimizer.step()  # type: ignore[union-attr]
+class FusedManual(ManualOptimization, FusedAdam):
+    pass
 
 
 def reference(l1: float, optimizer: Callable[[nn.Module], torch.optim.Optimizer]) -> nn.Module:
