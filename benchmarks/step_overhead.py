@@ -1,23 +1,36 @@
 """What regularization costs per training step, against the least the math needs.
 
-    .venv/bin/python benchmarks/step_overhead.py            # the issue's model: 20.07M parameters, ~2 min
+    .venv/bin/python benchmarks/step_overhead.py            # the issue's model: 20.07M parameters, ~4 min
     .venv/bin/python benchmarks/step_overhead.py --quick    # a small model, a smoke run
 
 Model: ``layers`` x (``Linear(width, width)`` + ``LayerNorm(width)``), batch 32, SGD, MSE, trained with
-``Trainer.fit``. Each variant runs in its own process (so that its peak resident memory is its own) and
-reports the median wall time of a training step, measured from ``on_train_batch_start`` to
-``on_train_batch_end`` after a warm-up. The variants run ``--repeats`` times, interleaved, and the table
-shows the median of the runs' medians with the lowest and highest of them: a shared machine is noisy.
-The floor is measured in the parent process, on a model of the same shapes: one multi-tensor pass
-``grads += lam * W`` over the regularized weights (read W, read and write the gradients). Ratios are
-overheads (variant minus plain step) over that floor, in the same run.
+``Trainer.fit``. A step is timed from ``on_train_batch_start`` to ``on_train_batch_end`` after a warm-up.
+
+The timing runs in one process, in ``--rounds`` rounds; each round trains every variant in turn (a new
+model and ``Trainer`` each time) and then measures the floor: one multi-tensor pass ``grads += lam * W``
+over weights of the regularized shapes (read W, read and write the gradients). Within a round, a
+variant's overhead is its median step minus the plain median step, and its ratio is that overhead over
+the round's floor. The table gives the median over rounds, and the quartiles of the overhead: the
+machine this was written on is shared and noisy, and pairing each variant with the plain step of the
+same round removes most of the drift.
+
+Peak memory comes from a separate run of each variant with glibc told to return every block of 64 KiB
+or more to the system when it is freed (``MALLOC_MMAP_THRESHOLD_=65536``), so that the peak resident
+size follows the memory actually in use rather than what the allocator keeps cached. Those runs are
+not timed.
+
+The monitor's cost is timed inside its own hook, in a run of the default configuration with a logger
+that discards what it gets: the time of a logging step and of a step that does not log, and from them
+the average cost per step at the default interval (``Trainer(log_every_n_steps=50)``).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
+import os
 import resource
 import statistics
 import subprocess
@@ -45,12 +58,23 @@ def build(layers: int, width: int) -> nn.Sequential:
     )
 
 
-def run_variant(name: str, layers: int, width: int, steps: int, warmup: int) -> dict[str, float]:
-    """Train one variant in this process; return its median step time and peak resident memory."""
+MONITORED = "package: l1 + l2 (default modes)"
+DEFAULT_LOG_EVERY = 50  # Trainer's default log_every_n_steps
+
+
+def run_variant(
+    name: str, layers: int, width: int, steps: int, warmup: int, monitor: bool = False
+) -> dict[str, float]:
+    """Train one variant in this process; return its median step time, peak resident memory, the floor.
+
+    With ``monitor``, a ``RegularizationMonitor`` logging every other step is attached and the time spent
+    in its hook is returned instead, for logging steps and for the others.
+    """
     import lightning.pytorch as L
+    from lightning.pytorch.loggers import Logger
     from torch.utils.data import DataLoader, TensorDataset
 
-    from lightning_reg import RegularizedModule
+    from lightning_reg import RegularizationMonitor, RegularizedModule
 
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
@@ -88,21 +112,52 @@ def run_variant(name: str, layers: int, width: int, steps: int, warmup: int) -> 
         def on_train_batch_end(self, *args: Any) -> None:
             times.append(time.perf_counter() - self.start)
 
+    hook_times: dict[bool, list[float]] = {True: [], False: []}
+
+    class TimedMonitor(RegularizationMonitor):
+        logged = False
+
+        def on_train_batch_end(self, *args: Any) -> None:
+            self.logged, start = False, time.perf_counter()
+            super().on_train_batch_end(*args)
+            hook_times[self.logged].append(time.perf_counter() - start)
+
+        def _log(self, *args: Any) -> None:
+            self.logged = True
+            super()._log(*args)
+
+    class Discard(Logger):
+        name, version = "discard", 0
+
+        def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+            pass
+
+        def log_hyperparams(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
     model = Regularized(**options) if options else Plain()
     data = TensorDataset(torch.randn(32 * (steps + warmup), width), torch.randn(32 * (steps + warmup), width))
     trainer = L.Trainer(
         accelerator="cpu",
         devices=1,
         max_steps=steps + warmup,
-        logger=False,
+        logger=Discard() if monitor else False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[Timer()],
+        callbacks=[Timer(), TimedMonitor(log_every_n_steps=2)] if monitor else [Timer()],
     )
     trainer.fit(model, DataLoader(data, batch_size=32))
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"median_s": statistics.median(times[warmup:]), "peak_mib": peak_kib / 1024}
+    result = {
+        "median_s": statistics.median(times[warmup:]),
+        "peak_mib": peak_kib / 1024,
+        "floor_s": floor_seconds(layers, width, repeats=max(20, steps)),
+    }
+    if monitor:
+        result["log_s"] = statistics.median(hook_times[True][1:])
+        result["quiet_s"] = statistics.median(hook_times[False][1:])
+    return result
 
 
 def floor_seconds(layers: int, width: int, repeats: int) -> float:
@@ -123,37 +178,54 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--layers", type=int, default=50)
     parser.add_argument("--width", type=int, default=632)
-    parser.add_argument("--steps", type=int, default=30, help="timed steps per variant (after --warmup)")
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=3, help="runs of each variant, interleaved")
+    parser.add_argument("--steps", type=int, default=12, help="timed steps per variant and round")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=10, help="rounds of all variants, in turn")
     parser.add_argument("--quick", action="store_true", help="2 layers of width 64, 5 steps: a smoke run")
     parser.add_argument("--variant", help=argparse.SUPPRESS)  # internal: run one variant, print JSON
+    parser.add_argument("--monitor", action="store_true", help=argparse.SUPPRESS)  # internal
     args = parser.parse_args(argv)
     if args.quick:
-        args.layers, args.width, args.steps, args.warmup, args.repeats = 2, 64, 5, 2, 1
+        args.layers, args.width, args.steps, args.warmup, args.rounds = 2, 64, 5, 2, 1
     if args.variant:
-        print(json.dumps(run_variant(args.variant, args.layers, args.width, args.steps, args.warmup)))
+        measured = run_variant(args.variant, args.layers, args.width, args.steps, args.warmup, args.monitor)
+        print(json.dumps(measured))
         return 0
 
     shape = ["--layers", str(args.layers), "--width", str(args.width)]
     shape += ["--steps", str(args.steps), "--warmup", str(args.warmup)]
-    runs: dict[str, list[dict[str, float]]] = {name: [] for name in VARIANTS}
-    for repeat in range(args.repeats):
+    # Before the timing rounds: a child process starts with its parent's peak resident size (Linux keeps
+    # it across exec), and this process grows while it trains the variants.
+    peaks: dict[str, float] = {}
+    exact_memory = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    for name in VARIANTS:
+        command = [sys.executable, __file__, "--variant", name, *shape]
+        done = subprocess.run(command, capture_output=True, text=True, check=True, env=exact_memory)
+        peaks[name] = json.loads(done.stdout.strip().splitlines()[-1])["peak_mib"]
+        print(f"  memory: {name}", file=sys.stderr)
+    command = [sys.executable, __file__, "--variant", MONITORED, "--monitor", *shape]
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    monitored = json.loads(done.stdout.strip().splitlines()[-1])
+    rounds: list[dict[str, dict[str, float]]] = []
+    for number in range(args.rounds):
+        measured = {}
         for name in VARIANTS:
-            command = [sys.executable, __file__, "--variant", name, *shape]
-            done = subprocess.run(command, capture_output=True, text=True, check=True)
-            runs[name].append(json.loads(done.stdout.strip().splitlines()[-1]))
-            print(f"  run {repeat + 1}/{args.repeats}: {name}", file=sys.stderr)
-    results = {
-        name: {
-            "median_s": statistics.median(run["median_s"] for run in measured),
-            "low_s": min(run["median_s"] for run in measured),
-            "high_s": max(run["median_s"] for run in measured),
-            "peak_mib": max(run["peak_mib"] for run in measured),
+            measured[name] = run_variant(name, args.layers, args.width, args.steps, args.warmup)
+            gc.collect()  # the last variant's model and Trainer, before the next one allocates its own
+        rounds.append(measured)
+        print(f"  round {number + 1}/{args.rounds}", file=sys.stderr)
+    floors = [statistics.median(run["floor_s"] for run in measured.values()) for measured in rounds]
+    results: dict[str, dict[str, Any]] = {}
+    for name in VARIANTS:
+        overheads = [measured[name]["median_s"] - measured["plain"]["median_s"] for measured in rounds]
+        results[name] = {
+            "median_s": statistics.median(measured[name]["median_s"] for measured in rounds),
+            "overhead_s": statistics.median(overheads),
+            "quartiles_s": statistics.quantiles(overheads, n=4) if len(overheads) > 1 else overheads * 3,
+            "ratio": statistics.median(o / f for o, f in zip(overheads, floors, strict=True)),
+            "peak_mib": peaks[name],
         }
-        for name, measured in runs.items()
-    }
-    floor = floor_seconds(args.layers, args.width, repeats=max(20, args.steps))
+    floor = statistics.median(floors)
 
     model = build(args.layers, args.width)
     params = sum(p.numel() for p in model.parameters())
@@ -161,26 +233,32 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"model: {args.layers} x (Linear({args.width}, {args.width}) + LayerNorm({args.width})) = "
         f"{params / 1e6:.2f}M parameters in {len(list(model.parameters()))} tensors; batch 32; SGD; "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.steps} timed steps, "
-        f"{args.repeats} runs each"
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.rounds} rounds of "
+        f"{args.steps} timed steps"
     )
-    print(f"floor (grads += lam * W, one multi-tensor pass): {floor * 1e3:.2f} ms")
+    print(f"floor (grads += lam * W, one multi-tensor pass): {floor * 1e3:.2f} ms (median over rounds)")
     print(f"largest weight tensor: {largest:.2f} MiB\n")
     plain = results["plain"]
     header = (
-        f"{'variant':36s} {'step ms':>8s} {'runs ms':>13s} {'overhead ms':>12s} {'x floor':>8s} "
+        f"{'variant':34s} {'step ms':>8s} {'overhead ms':>12s} {'quartiles':>11s} {'x floor':>8s} "
         f"{'peak MiB':>9s} {'+MiB':>6s}"
     )
     print(header)
     print("-" * len(header))
     for name, result in results.items():
-        overhead = result["median_s"] - plain["median_s"]
-        ratio = "" if name == "plain" else f"{overhead / floor:8.2f}"
-        spread = f"{result['low_s'] * 1e3:.1f}-{result['high_s'] * 1e3:.1f}"
+        low, _, high = result["quartiles_s"]
+        ratio = "" if name == "plain" else f"{result['ratio']:8.2f}"
+        spread = "" if name == "plain" else f"{low * 1e3:.1f}..{high * 1e3:.1f}"
         print(
-            f"{name:36s} {result['median_s'] * 1e3:8.1f} {spread:>13s} {overhead * 1e3:12.1f} {ratio:>8s} "
-            f"{result['peak_mib']:9.0f} {result['peak_mib'] - plain['peak_mib']:6.0f}"
+            f"{name:34s} {result['median_s'] * 1e3:8.1f} {result['overhead_s'] * 1e3:12.1f} {spread:>11s} "
+            f"{ratio:>8s} {result['peak_mib']:9.1f} {result['peak_mib'] - plain['peak_mib']:6.1f}"
         )
+    per_step = (monitored["log_s"] + (DEFAULT_LOG_EVERY - 1) * monitored["quiet_s"]) / DEFAULT_LOG_EVERY
+    print(
+        f"\nmonitor (RegularizationMonitor on {MONITORED!r}): {monitored['log_s'] * 1e3:.2f} ms per logging "
+        f"step, {monitored['quiet_s'] * 1e6:.1f} us per other step; every {DEFAULT_LOG_EVERY} steps: "
+        f"{per_step * 1e3:.3f} ms per step = {100 * per_step / plain['median_s']:.2f} % of a plain step"
+    )
     return 0
 
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from lightning_reg.sharding import global_value, group_squares, local, piece_of, sum_over_shards
+from lightning_reg.sharding import global_value, group_squares, is_sharded, local, piece_of, sum_over_shards
 
 #: Columns of the table returned by :func:`weight_statistics`.
 STATISTICS_COLUMNS = ("abs_sum", "sq_sum", "zeros", "near_zero", "group_norm_sum", "dead_groups")
@@ -86,24 +86,6 @@ def group_l1_norm(params: Sequence[Tensor], group_by: str) -> Tensor:
 
 
 @torch.no_grad()
-def soft_threshold_(param: Tensor, threshold: float | Tensor) -> None:
-    """In place, ``w <- sign(w) * max(|w| - threshold, 0)``: the proximal operator of ``threshold * |w|``.
-
-    Computed as ``w - clamp(w, -t, t)``, which is that formula to the last bit and exactly ``0`` where
-    ``|w| <= t``.
-
-    >>> w = torch.tensor([-1.5, -0.2, 0.0, 0.3, 2.0])
-    >>> soft_threshold_(w, 0.5)
-    >>> w
-    tensor([-1.0000,  0.0000,  0.0000,  0.0000,  1.5000])
-    """
-    if isinstance(threshold, Tensor):
-        param.sub_(param.clamp(-threshold, threshold))
-    else:
-        param.sub_(param.clamp(-threshold, threshold))
-
-
-@torch.no_grad()
 def group_shrink_(param: Tensor, threshold: float | Tensor, group_by: str) -> None:
     """In place, ``w_g <- w_g * max(0, 1 - threshold / ||w_g||)`` for every group ``g`` along ``group_by``.
 
@@ -138,20 +120,48 @@ def weight_statistics(params: Sequence[Tensor], near_zero_tol: float, group_by: 
         return torch.zeros((0, len(STATISTICS_COLUMNS)), dtype=torch.float64)
     device = params[0].device
     dtype = torch.float32 if device.type == "mps" else torch.float64
-    rows = []
     with torch.no_grad():
-        for param in params:
-            values = local(param.detach())
-            magnitude = values.abs()
-            sums = torch.stack(
-                (
-                    magnitude.sum(dtype=dtype),
-                    torch.linalg.vector_norm(values, dtype=dtype).square(),
-                    (values == 0).sum().to(dtype),
-                    (magnitude < near_zero_tol).sum().to(dtype),
-                )
-            )
-            norms = group_squares(param.detach(), group_by, dtype).sqrt()
-            group_sums = torch.stack((norms.sum(), (norms == 0).sum().to(dtype)))
-            rows.append(torch.cat((sum_over_shards(sums, param), group_sums)))
+        rows = [
+            _sharded_statistics(param.detach(), near_zero_tol, group_by, dtype)
+            if is_sharded(param)
+            else _statistics(param.detach(), near_zero_tol, group_by, dtype)
+            for param in params
+        ]
         return torch.stack(rows)
+
+
+def _statistics(values: Tensor, near_zero_tol: float, group_by: str, dtype: torch.dtype) -> Tensor:
+    """One row of :func:`weight_statistics` for a plain tensor, in as few passes as it takes."""
+    magnitude = values.abs()
+    if group_by == "rows":
+        norms = torch.linalg.vector_norm(values.reshape(values.shape[0], -1), dim=1, dtype=dtype)
+    else:
+        blocks = values.reshape(values.shape[0], values.shape[1], -1)
+        norms = torch.linalg.vector_norm(blocks, dim=(0, 2), dtype=dtype)
+    return torch.stack(
+        (
+            magnitude.sum(dtype=dtype),
+            norms.square().sum(),
+            (values.numel() - torch.count_nonzero(values)).to(dtype),
+            (magnitude < near_zero_tol).sum().to(dtype),
+            norms.sum(),
+            (norms == 0).sum().to(dtype),
+        )
+    )
+
+
+def _sharded_statistics(param: Tensor, near_zero_tol: float, group_by: str, dtype: torch.dtype) -> Tensor:
+    """One row of :func:`weight_statistics` for a ``DTensor``: local sums added over its shards."""
+    values = local(param)
+    magnitude = values.abs()
+    sums = torch.stack(
+        (
+            magnitude.sum(dtype=dtype),
+            torch.linalg.vector_norm(values, dtype=dtype).square(),
+            (values == 0).sum().to(dtype),
+            (magnitude < near_zero_tol).sum().to(dtype),
+        )
+    )
+    norms = group_squares(param, group_by, dtype).sqrt()
+    group_sums = torch.stack((norms.sum(), (norms == 0).sum().to(dtype)))
+    return torch.cat((sum_over_shards(sums, param), group_sums))

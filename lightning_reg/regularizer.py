@@ -13,7 +13,8 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from lightning_reg import step_hooks
+from lightning_reg import kernels, step_hooks
+from lightning_reg.deferred import l1_term
 from lightning_reg.options import GroupBy, L1Mode, L2Mode, RegularizationOptions
 from lightning_reg.param_groups import check_no_own_decay, decay_groups, split_optimizer
 from lightning_reg.penalties import (
@@ -22,7 +23,6 @@ from lightning_reg.penalties import (
     group_l1_norm,
     group_shrink_,
     l1_norm,
-    soft_threshold_,
     squared_norm,
     weight_statistics,
 )
@@ -154,20 +154,24 @@ class Regularizer:
     def penalty(self) -> Tensor:
         """The terms to add to the loss (see the class docstring); a constant zero when there are none.
 
+        The L1 term's gradient is added to each weight's ``.grad`` at the end of backward rather than
+        carried by autograd (:func:`~lightning_reg.deferred.l1_term`): the same numbers, without a second
+        copy of the gradients at the peak of backward.
+
         Over sharded parameters (``DTensor``) the value is included but detached: their gradient is added
         at the optimizer step by the hook :meth:`attach` installs, after FSDP has reduced the gradients of
         the data loss (autograd through a shard would write a gradient FSDP does not expect).
         """
         if not self._sharded:
-            return self._penalty_of(self._plain)
+            return self._penalty_of(self._plain, deferred_l1=True)
         total = self._penalty_of(self._sharded).detach()
-        return self._penalty_of(self._plain) + total if self._plain else total
+        return self._penalty_of(self._plain, deferred_l1=True) + total if self._plain else total
 
-    def _penalty_of(self, params: Sequence[Tensor]) -> Tensor:
+    def _penalty_of(self, params: Sequence[Tensor], *, deferred_l1: bool = False, l1: bool = True) -> Tensor:
         options = self.options
         terms = []
-        if options.l1_mode == "loss" and options.l1 > 0:
-            terms.append(options.l1 * l1_norm(params))
+        if options.l1_mode == "loss" and options.l1 > 0 and l1:
+            terms.append(l1_term(params, options.l1) if deferred_l1 else options.l1 * l1_norm(params))
         if options.l1_mode == "loss" and options.group_l1 > 0:
             terms.append(options.group_l1 * group_l1_norm(params, options.group_by))
         if options.l2_mode == "loss" and options.l2 > 0:
@@ -243,15 +247,26 @@ class Regularizer:
             for param in group
             if not sharded_only or is_sharded(param)
         ]
-        if not params:
-            return
-        with torch.enable_grad():
-            gradients = torch.autograd.grad(self._penalty_of(params), params)
         scale = step_hooks.pending_grad_scale(optimizer)  # a fused optimizer unscales inside its step
+        plain = [param for param in params if not is_sharded(param)]
+        sharded = [param for param in params if is_sharded(param)]
+        options = self.options
+        if options.l1_mode == "loss" and options.l1 > 0 and plain:  # no autograd needed: l1 * sign(w)
+            factor = torch.full((), options.l1, dtype=plain[0].dtype, device=plain[0].device)
+            grads = [param.grad for param in plain if param.grad is not None]
+            kernels.add_scaled_sign_(grads, plain, factor if scale is None else factor * scale)
+        with torch.enable_grad():
+            terms = [self._penalty_of(sharded)] if sharded else []
+            terms += [self._penalty_of(plain, l1=False)] if plain else []
+            terms = [term for term in terms if term.requires_grad]
+            if not terms:
+                return
+            total = terms[0] if len(terms) == 1 else terms[0] + terms[1]
+            gradients = torch.autograd.grad(total, params, allow_unused=True)
         with torch.no_grad():
             for param, gradient in zip(params, gradients, strict=True):
-                assert param.grad is not None
-                add_(param.grad, gradient if scale is None else gradient * scale)
+                if gradient is not None and param.grad is not None:
+                    add_(param.grad, gradient if scale is None else gradient * scale)
 
     @torch.no_grad()
     def decoupled_decay(self, optimizer: Optimizer) -> None:
@@ -260,8 +275,7 @@ class Regularizer:
         What AdamW does before its update; called by the hook :meth:`attach` installs.
         """
         for lr, params in self._by_group(optimizer):
-            for param in params:
-                param.mul_(1 - lr * self.l2)
+            kernels.scale_(params, 1 - lr * self.l2)
 
     @torch.no_grad()
     def proximal_step(self, optimizer: Optimizer) -> None:
@@ -273,10 +287,10 @@ class Regularizer:
         """
         options = self.options
         for lr, params in self._by_group(optimizer):
-            for param in params:
-                if options.l1 > 0:
-                    soft_threshold_(param, lr * options.l1)
-                if options.group_l1 > 0:
+            if options.l1 > 0:
+                kernels.soft_threshold_(params, lr * options.l1)
+            if options.group_l1 > 0:
+                for param in params:
                     group_shrink_(param, lr * options.group_l1, options.group_by)
 
     def _by_group(self, optimizer: Optimizer) -> Iterable[tuple[Any, list[Tensor]]]:

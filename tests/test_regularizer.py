@@ -11,6 +11,7 @@ import pytest
 import torch
 from helpers import assert_same_weights, loader, make_net, regression_data, seed_l1_penalty, train_reference
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from lightning_reg import Regularizer
 
@@ -127,3 +128,39 @@ def test_bad_input_names_the_argument_and_the_value(keyword: str, value: Any) ->
     with pytest.raises(ValueError, match=f"^Invalid {keyword}: ") as error:
         Regularizer(make_net(), **{keyword: value})
     assert repr(value) in str(error.value)
+
+
+class RecordOps(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"l1": L1, "l2": L2},
+        {"l1": L1, "l2": L2, "l1_mode": "proximal", "group_l1": L1},
+        {"l1": L1, "l2": L2, "l2_mode": "decoupled", "group_l1": L1},
+    ],
+    ids=["loss-and-weight-decay", "proximal", "decoupled"],
+)
+def test_a_regularized_step_reads_nothing_back_to_the_host(options: dict[str, Any]) -> None:
+    """No ``.item()`` / ``_local_scalar_dense``: on an accelerator each would stall the host."""
+    net = make_net()
+    reg = Regularizer(net, **options)
+    optimizer = torch.optim.SGD(reg.param_groups(), lr=0.05)
+    reg.attach(optimizer)
+    x, y = regression_data().tensors
+    with RecordOps() as recorder:
+        for _ in range(2):
+            optimizer.zero_grad()
+            loss = nn.functional.mse_loss(net(x), y) + reg.penalty()
+            loss.backward()
+            optimizer.step()
+    assert len(recorder.ops) > 50  # the recorder saw the step's work ...
+    assert not [op for op in recorder.ops if "_local_scalar_dense" in op or "item" in op]
