@@ -9,11 +9,24 @@ from typing import Any
 import lightning.pytorch as L
 import torch
 from torch import Tensor, nn
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_reg import RegularizedModule
 
 Batch = tuple[Tensor, Tensor]
+
+
+class RecordOps(TorchDispatchMode):
+    """Records the name of every operator dispatched while it is active (on a GPU, each is a launch)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
 
 
 def quiet_trainer(**kwargs: Any) -> L.Trainer:

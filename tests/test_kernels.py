@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 import torch
+from helpers import RecordOps
 from torch import Tensor
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from lightning_reg import kernels
 
@@ -223,26 +222,14 @@ def test_soft_threshold_of_nothing_does_nothing(multi_tensor: bool) -> None:
     kernels.soft_threshold_([], 0.5, multi_tensor=multi_tensor)
 
 
-class CountOps(TorchDispatchMode):
-    """Counts the operators dispatched while active: on an accelerator each is one or more launches."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        self.count += 1
-        return func(*args, **(kwargs or {}))
-
-
 def operators_for(work: Callable[[list[Tensor], list[Tensor]], None], pieces: int) -> int:
     """Operators ``work`` dispatches on 4096 weights cut into ``pieces`` tensors."""
     weights = list(torch.randn(4096).chunk(pieces))
     weights = [weight.clone() for weight in weights]
     grads = [torch.zeros_like(weight) for weight in weights]
-    with CountOps() as counter:
+    with RecordOps() as recorder:
         work(weights, grads)
-    return counter.count
+    return len(recorder.ops)
 
 
 HALF = torch.tensor(0.5)

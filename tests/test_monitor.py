@@ -12,10 +12,17 @@ import lightning.pytorch as L
 import numpy as np
 import pytest
 import torch
-from helpers import LitRegression, RegRegression, assert_same_weights, loader, quiet_trainer, regression_data
+from helpers import (
+    LitRegression,
+    RecordOps,
+    RegRegression,
+    assert_same_weights,
+    loader,
+    quiet_trainer,
+    regression_data,
+)
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from lightning_reg import RegularizationMonitor
 
@@ -165,25 +172,15 @@ def test_default_interval_is_the_trainers(tmp_path: Path) -> None:
     assert steps == [4, 9]
 
 
-class CountOps(TorchDispatchMode):
-    def __init__(self) -> None:
-        super().__init__()
-        self.ops: list[str] = []
-
-    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        self.ops.append(str(func))
-        return func(*args, **(kwargs or {}))
-
-
 class CountingMonitor(RegularizationMonitor):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.ops_per_batch: list[list[str]] = []
 
     def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:
-        with CountOps() as counter:
+        with RecordOps() as recorder:
             super().on_train_batch_end(*args, **kwargs)
-        self.ops_per_batch.append(counter.ops)
+        self.ops_per_batch.append(recorder.ops)
 
 
 def test_no_tensor_work_and_so_no_host_sync_on_steps_that_do_not_log(tmp_path: Path) -> None:

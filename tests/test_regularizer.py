@@ -9,9 +9,16 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from helpers import assert_same_weights, loader, make_net, regression_data, seed_l1_penalty, train_reference
+from helpers import (
+    RecordOps,
+    assert_same_weights,
+    loader,
+    make_net,
+    regression_data,
+    seed_l1_penalty,
+    train_reference,
+)
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from lightning_reg import Regularizer
 
@@ -128,16 +135,6 @@ def test_bad_input_names_the_argument_and_the_value(keyword: str, value: Any) ->
     with pytest.raises(ValueError, match=f"^Invalid {keyword}: ") as error:
         Regularizer(make_net(), **{keyword: value})
     assert repr(value) in str(error.value)
-
-
-class RecordOps(TorchDispatchMode):
-    def __init__(self) -> None:
-        super().__init__()
-        self.ops: list[str] = []
-
-    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        self.ops.append(str(func))
-        return func(*args, **(kwargs or {}))
 
 
 @pytest.mark.parametrize(
