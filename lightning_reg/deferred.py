@@ -1,11 +1,11 @@
 """The L1 term as a loss term whose gradient is added to ``.grad`` in place at the end of backward.
 
-Added to the loss as ``l1 * sum|w|`` through autograd, the term's gradient ``l1 * sign(w)`` for every
-weight is computed as soon as backward starts and is held until the data gradient of that weight
-arrives: a second copy of all the weights' gradients at the peak of backward. :func:`l1_term` has the
-same value and the same gradient, but its backward only records the factor the loss scaled it by
-(``1 / accumulate_grad_batches``, a ``GradScaler`` scale) and adds ``sign(w) * factor`` to each
-weight's ``.grad`` once the gradients of the whole backward pass are in, one weight at a time.
+Added to the loss as ``l1 * sum|w|`` through autograd, the term's gradient ``l1 * sign(w)`` takes
+autograd three kernels per weight (sign, multiply by the incoming gradient, add), and each result may
+wait in autograd's buffers until the data gradient of that weight arrives. :func:`l1_term` has the same
+value and the same gradient. Its backward only records the factor the loss scaled it by
+(``1 / accumulate_grad_batches``, a ``GradScaler`` scale). Once the gradients of the whole backward pass
+are in, it adds ``sign(w) * factor`` to each weight's ``.grad``, one weight at a time.
 
 That is still before anything that reads the gradients after ``backward()`` returns (gradient
 clipping, ``on_after_backward``, the optimizer), and after ``DistributedDataParallel`` has averaged the

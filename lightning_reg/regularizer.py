@@ -155,8 +155,7 @@ class Regularizer:
         """The terms to add to the loss (see the class docstring); a constant zero when there are none.
 
         The L1 term's gradient is added to each weight's ``.grad`` at the end of backward rather than
-        carried by autograd (:func:`~lightning_reg.deferred.l1_term`): the same numbers, without a second
-        copy of the gradients at the peak of backward.
+        carried by autograd (:func:`~lightning_reg.deferred.l1_term`): the same numbers, in fewer passes.
 
         Over sharded parameters (``DTensor``) the value is included but detached: their gradient is added
         at the optimizer step by the hook :meth:`attach` installs, after FSDP has reduced the gradients of
