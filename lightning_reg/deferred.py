@@ -31,11 +31,13 @@ from lightning_reg import kernels
 _will_execute: Callable[[Any], bool] | None = getattr(torch._C, "_will_engine_execute_node", None)
 
 
-def l1_term(params: Sequence[Tensor], strength: float) -> Tensor:
+def l1_term(params: Sequence[Tensor], strength: float, abs_sum: Tensor | None = None) -> Tensor:
     """``strength * sum|w|`` over ``params``, differentiable, with the gradient added at end of backward.
 
     The value is the tutorial's ``l1 * sum(torch.sum(torch.abs(w)))`` to the last bit, and so is the
     gradient each weight receives when nothing else is accumulated into its ``.grad`` in the pass.
+    ``abs_sum``, when given, is ``sum|w|`` already computed (by :func:`~lightning_reg.kernels.abs_sum`)
+    on the weights as they are now.
 
     >>> w = torch.tensor([[1.0, -2.0]], requires_grad=True)
     >>> loss = l1_term([w], 0.5)
@@ -45,16 +47,16 @@ def l1_term(params: Sequence[Tensor], strength: float) -> Tensor:
     >>> w.grad
     tensor([[ 0.5000, -0.5000]])
     """
-    value: Tensor = _DeferredL1.apply(strength, *params)  # type: ignore[no-untyped-call]
+    value: Tensor = _DeferredL1.apply(strength, abs_sum, *params)  # type: ignore[no-untyped-call]
     return value
 
 
 class _DeferredL1(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, strength: float, *params: Tensor) -> Tensor:
+    def forward(ctx: Any, strength: float, abs_sum: Tensor | None, *params: Tensor) -> Tensor:
         ctx.strength = strength
         ctx.save_for_backward(*params)  # so that changing a weight before backward is an error, as for abs
-        return strength * kernels.abs_sum(params)
+        return strength * (kernels.abs_sum(params) if abs_sum is None else abs_sum)
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
@@ -62,14 +64,14 @@ class _DeferredL1(torch.autograd.Function):
         factor = grad_output * ctx.strength
         accumulates = _accumulates(ctx, len(params))
         if accumulates is None:  # torch.autograd.grad: hand the gradients to autograd
-            return (None, *(torch.sign(param) * factor for param in params))
+            return (None, None, *(torch.sign(param) * factor for param in params))
         targets = [param for param, flag in zip(params, accumulates, strict=True) if flag]
         if targets:
             # Queue from a callback, so that the addition runs after every callback queued during this
             # backward pass: DistributedDataParallel's, which writes the averaged gradients to .grad.
             engine = Variable._execution_engine
             engine.queue_callback(lambda: engine.queue_callback(lambda: _add_gradient(targets, factor)))
-        return (None,) * (1 + len(params))
+        return (None,) * (2 + len(params))
 
 
 def _accumulates(ctx: Any, count: int) -> list[bool] | None:

@@ -42,6 +42,12 @@ def _add_penalty(module: RegularizedModule, output: Any) -> Any:
     return output
 
 
+def _prepare_penalty(module: RegularizedModule) -> None:
+    """Before the forward pass: the part of the penalty that reads every weight (see prepare_penalty)."""
+    if module.automatic_optimization and module.regularizer.adds_to_loss:
+        module.regularizer.prepare_penalty()
+
+
 def _attach_to_optimizers(module: RegularizedModule, output: Any) -> Any:
     """Give the returned optimizers the optimizer-side terms (weight decay groups, step hooks).
 
@@ -88,6 +94,8 @@ def _outermost(name: str, hook: Callable[..., Any]) -> Callable[..., Any]:
             return hook(self, *args, **kwargs)
         if name == "configure_optimizers":
             self._regularizer = None
+        if name == "training_step":
+            _prepare_penalty(self)
         self._reg_active.add(name)
         try:
             output = hook(self, *args, **kwargs)

@@ -110,6 +110,7 @@ class Regularizer:
         self._chosen_ids = frozenset(id(param) for _, param in self.selection.regularized)
         # Worked out once: the training step reads them every step.
         self._plain = [param for _, param in self.selection.regularized if not is_sharded(param)]
+        self._prepared: tuple[list[int], Tensor] | None = None  # see prepare_penalty
         self._sharded = [param for _, param in self.selection.regularized if is_sharded(param)]
         options = self.options
         in_loss = options.l1_mode == "loss" and (options.l1 > 0 or options.group_l1 > 0)
@@ -166,11 +167,31 @@ class Regularizer:
         total = self._penalty_of(self._sharded).detach()
         return self._penalty_of(self._plain, deferred_l1=True) + total if self._plain else total
 
+    def prepare_penalty(self) -> None:
+        """Compute now the part of the next :meth:`penalty` that needs a pass over the weights.
+
+        ``penalty()`` then uses it, provided no weight has changed since. A training step's memory peaks
+        at the end of its forward pass, and Lightning only clears the last step's gradients after
+        ``training_step``: computed before the forward pass, the L1 sum's temporary memory is not added to
+        that peak. ``RegularizedModule`` calls this before every training step.
+        """
+        if self.options.l1_mode == "loss" and self.options.l1 > 0 and self._plain:
+            self._prepared = ([param._version for param in self._plain], kernels.abs_sum(self._plain))
+
+    def _take_prepared(self) -> Tensor | None:
+        """The sum :meth:`prepare_penalty` computed, if the weights are still those it read; once."""
+        prepared, self._prepared = self._prepared, None
+        if prepared is None or prepared[0] != [param._version for param in self._plain]:
+            return None
+        return prepared[1]
+
     def _penalty_of(self, params: Sequence[Tensor], *, deferred_l1: bool = False, l1: bool = True) -> Tensor:
         options = self.options
         terms = []
-        if options.l1_mode == "loss" and options.l1 > 0 and l1:
-            terms.append(l1_term(params, options.l1) if deferred_l1 else options.l1 * l1_norm(params))
+        if options.l1_mode == "loss" and options.l1 > 0 and l1 and deferred_l1:
+            terms.append(l1_term(params, options.l1, self._take_prepared()))
+        elif options.l1_mode == "loss" and options.l1 > 0 and l1:
+            terms.append(options.l1 * l1_norm(params))
         if options.l1_mode == "loss" and options.group_l1 > 0:
             terms.append(options.group_l1 * group_l1_norm(params, options.group_by))
         if options.l2_mode == "loss" and options.l2 > 0:

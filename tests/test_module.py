@@ -13,6 +13,7 @@ from helpers import (
     Batch,
     LitRegression,
     ManualOptimization,
+    RecordOps,
     RegRegression,
     assert_same_weights,
     loader,
@@ -130,6 +131,43 @@ class DictStep(RegRegression):
         loss = nn.functional.mse_loss(self(x), y)
         self.returned = {"loss": loss, "extra": 7}
         return self.returned
+
+
+class MovesAWeight(RegRegression):
+    """A training step that changes a weight before computing its loss."""
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        with torch.no_grad():
+            self.net[0].weight.add_(0.5)
+        return super().training_step(batch, batch_idx)
+
+
+def test_the_penalty_is_of_the_weights_as_the_step_leaves_them() -> None:
+    model = MovesAWeight(l1=L1, l2=0.0)
+    x, y = next(iter(loader(regression_data())))
+    out = model.training_step((x, y), 0)
+    expected = nn.functional.mse_loss(model(x), y) + L1 * seed_l1_penalty(model)
+    assert torch.equal(out, expected)
+
+
+class RecordsWhereItStarts(RegRegression):
+    recorder: RecordOps
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        self.started_at = len(self.recorder.ops)
+        return super().training_step(batch, batch_idx)
+
+
+def test_the_l1_sum_is_computed_before_the_forward_pass() -> None:
+    """Before it, the step's memory is not at its peak: the sum's temporaries do not add to the peak."""
+    model = RecordsWhereItStarts(l1=L1, l2=0.0)
+    batch = next(iter(loader(regression_data())))
+    with RecordOps() as recorder:
+        model.recorder = recorder
+        model.training_step(batch, 0)
+    before, during = recorder.ops[: model.started_at], recorder.ops[model.started_at :]
+    assert sum("aten.abs" in op for op in before) == len(model.regularizer.parameters)
+    assert not [op for op in during if "aten.abs" in op]
 
 
 def test_dict_return_gets_the_penalty_in_its_loss_and_keeps_other_keys() -> None:

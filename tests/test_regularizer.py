@@ -161,3 +161,14 @@ def test_a_regularized_step_reads_nothing_back_to_the_host(options: dict[str, An
             optimizer.step()
     assert len(recorder.ops) > 50  # the recorder saw the step's work ...
     assert not [op for op in recorder.ops if "_local_scalar_dense" in op or "item" in op]
+
+
+def test_a_prepared_penalty_is_the_tutorials_and_a_stale_one_is_not_used() -> None:
+    net = make_net()
+    reg = Regularizer(net, l1=L1)
+    reg.prepare_penalty()
+    assert torch.equal(reg.penalty(), L1 * seed_l1_penalty(net))
+    reg.prepare_penalty()
+    with torch.no_grad():
+        net[0].weight.mul_(2.0)  # after prepare_penalty, before penalty
+    assert torch.equal(reg.penalty(), L1 * seed_l1_penalty(net))
