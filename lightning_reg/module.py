@@ -42,10 +42,13 @@ def _add_penalty(module: RegularizedModule, output: Any) -> Any:
     return output
 
 
-def _prepare_penalty(module: RegularizedModule) -> None:
-    """Before the forward pass: the part of the penalty that reads every weight (see prepare_penalty)."""
-    if module.automatic_optimization and module.regularizer.adds_to_loss:
-        module.regularizer.prepare_penalty()
+def _start_step(module: RegularizedModule) -> None:
+    """Before the forward pass: the step index, and the part of the penalty that reads every weight."""
+    regularizer = module.regularizer
+    trainer = getattr(module, "_trainer", None)  # None when the step is called outside Trainer.fit
+    regularizer.step = trainer.global_step if trainer is not None else 0
+    if module.automatic_optimization and regularizer.adds_to_loss:
+        regularizer.prepare_penalty()
 
 
 def _attach_to_optimizers(module: RegularizedModule, output: Any) -> Any:
@@ -95,7 +98,7 @@ def _outermost(name: str, hook: Callable[..., Any]) -> Callable[..., Any]:
         if name == "configure_optimizers":
             self._regularizer = None
         if name == "training_step":
-            _prepare_penalty(self)
+            _start_step(self)
         self._reg_active.add(name)
         try:
             output = hook(self, *args, **kwargs)
@@ -160,6 +163,9 @@ class RegularizedModule(_Base):
         group_l1: strength of the group term ``group_l1 * sum_g ||w_g||_2``.
         group_by: ``"rows"`` (dim 0: output units) or ``"columns"`` (dim 1: input units) form the groups.
         l2_mode: ``"weight_decay"`` (the tutorial's), ``"loss"`` or ``"decoupled"``.
+        l1_warmup_steps: ramp the L1 strength up over this many optimizer steps: at step
+            ``s = trainer.global_step`` it is ``l1 * min(1, (s + 1) / l1_warmup_steps)``, so a resumed run
+            continues the ramp.
         *args, **kwargs: passed on to the next class's ``__init__``.
 
     Raises:
@@ -199,6 +205,7 @@ class RegularizedModule(_Base):
         group_l1: float = 0.0,
         group_by: GroupBy = "rows",
         l2_mode: L2Mode = "weight_decay",
+        l1_warmup_steps: int = 0,
         **kwargs: Any,
     ) -> None:
         self._reg_options = RegularizationOptions(
@@ -209,6 +216,7 @@ class RegularizedModule(_Base):
             group_l1=group_l1,
             group_by=group_by,
             l2_mode=l2_mode,
+            l1_warmup_steps=l1_warmup_steps,
         )
         self._regularizer: Regularizer | None = None
         self._reg_active: set[str] = set()

@@ -28,8 +28,9 @@ class RegularizationMonitor(Callback):
 
     - ``reg/l1_penalty``: ``l1 * sum|w|``; ``reg/l2_penalty``: ``l2 / 2 * sum w^2``, the loss term that
       ``weight_decay=l2`` corresponds to; ``reg/group_l1_penalty``: ``group_l1 * sum_g ||w_g||_2``. The
-      values of the terms whatever applies them (loss, weight decay, proximal step). Only for a
-      :class:`RegularizedModule`, whose strengths are known.
+      values of the terms whatever applies them (loss, weight decay, proximal step), with the L1
+      strength in force at that step. ``reg/l1_strength``: that strength (``l1`` once an
+      ``l1_warmup_steps`` ramp is over). Only for a :class:`RegularizedModule`, whose strengths are known.
     - ``reg/l1_norm``: ``sum|w|``; ``reg/l2_norm``: ``sqrt(sum w^2)``.
     - ``reg/sparsity``: fraction of entries of ``W`` exactly ``0``; ``reg/near_zero``: fraction with
       ``|w| < near_zero_tol``; ``reg/dead_units``: fraction of groups (rows, or columns with

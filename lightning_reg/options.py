@@ -55,6 +55,19 @@ def check_choice(name: str, value: object, choices: tuple[str, ...]) -> str:
     return value
 
 
+def check_count(name: str, value: object) -> int:
+    """Return ``value`` if it is an integer >= 0, else raise ``ValueError`` naming it.
+
+    >>> check_count("l1_warmup_steps", 2.5)
+    Traceback (most recent call last):
+    ...
+    ValueError: Invalid l1_warmup_steps: 2.5 (expected an integer >= 0)
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < 0:
+        raise ValueError(f"Invalid {name}: {value!r} (expected an integer >= 0)")
+    return int(value)
+
+
 def check_globs(name: str, value: object) -> tuple[str, ...]:
     """Return ``value`` as a tuple of non-empty glob patterns, else raise ``ValueError`` naming it.
 
@@ -90,10 +103,12 @@ class RegularizationOptions:
             input channels).
         l2_mode: ``"weight_decay"`` sets the optimizer's ``weight_decay``; ``"loss"`` adds the L2 term to
             the loss; ``"decoupled"`` multiplies ``w`` by ``1 - lr * l2`` before every optimizer update.
+        l1_warmup_steps: ramp the L1 strength up over this many optimizer steps: at step ``s`` (from 0)
+            it is ``l1 * min(1, (s + 1) / l1_warmup_steps)``; ``0`` means no ramp.
 
     >>> RegularizationOptions(l1=1e-5, l2=1e-4, exclude=["*.bias"])  # doctest: +NORMALIZE_WHITESPACE
     RegularizationOptions(l1=1e-05, l2=0.0001, exclude=('*.bias',), l1_mode='loss', group_l1=0.0,
-                          group_by='rows', l2_mode='weight_decay')
+                          group_by='rows', l2_mode='weight_decay', l1_warmup_steps=0)
     >>> RegularizationOptions(l1=float("nan"))
     Traceback (most recent call last):
     ...
@@ -107,6 +122,7 @@ class RegularizationOptions:
     group_l1: float = 0.0
     group_by: GroupBy = "rows"
     l2_mode: L2Mode = "weight_decay"
+    l1_warmup_steps: int = 0
 
     def __post_init__(self) -> None:
         checked = {
@@ -117,9 +133,20 @@ class RegularizationOptions:
             "group_l1": check_strength("group_l1", self.group_l1),
             "group_by": check_choice("group_by", self.group_by, GROUP_BY),
             "l2_mode": check_choice("l2_mode", self.l2_mode, L2_MODES),
+            "l1_warmup_steps": check_count("l1_warmup_steps", self.l1_warmup_steps),
         }
         for name, value in checked.items():
             object.__setattr__(self, name, value)
+
+    def l1_at(self, step: int) -> float:
+        """The L1 strength at optimizer step ``step`` (from 0), with the warm-up ramp.
+
+        >>> RegularizationOptions(l1=1.0, l1_warmup_steps=4).l1_at(0)
+        0.25
+        """
+        if self.l1_warmup_steps == 0:
+            return self.l1
+        return self.l1 * min(1.0, (step + 1) / self.l1_warmup_steps)
 
     def as_hparams(self) -> dict[str, Any]:
         """The options as plain values (lists, floats) for ``hparams`` and checkpoints."""

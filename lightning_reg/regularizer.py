@@ -59,6 +59,12 @@ class Regularizer:
         group_l1: strength of the group term ``group_l1 * sum_g ||w_g||_2``.
         group_by: ``"rows"`` (slices along dim 0) or ``"columns"`` (along dim 1) form the groups.
         l2_mode: ``"weight_decay"``, ``"loss"`` or ``"decoupled"``.
+        l1_warmup_steps: ramp the L1 strength up over this many optimizer steps: at step ``s`` it is
+            ``l1 * min(1, (s + 1) / l1_warmup_steps)``, with ``s`` read from :attr:`step`, which the
+            training loop sets (``RegularizedModule`` sets it to ``trainer.global_step``).
+
+    Attributes:
+        step: the index of the optimizer step being taken, from 0; only the L1 warm-up reads it.
 
     Raises:
         ValueError: a strength is negative, NaN, infinite or not a number; ``exclude`` is not a list of
@@ -81,8 +87,8 @@ class Regularizer:
         ...     loss.backward()
         ...     optimizer.step()
         >>> sorted(reg.statistics().summary())  # doctest: +NORMALIZE_WHITESPACE
-        ['dead_units', 'group_l1_penalty', 'l1_norm', 'l1_penalty', 'l2_norm', 'l2_penalty',
-         'near_zero', 'sparsity']
+        ['dead_units', 'group_l1_penalty', 'l1_norm', 'l1_penalty', 'l1_strength', 'l2_norm',
+         'l2_penalty', 'near_zero', 'sparsity']
     """
 
     def __init__(
@@ -96,6 +102,7 @@ class Regularizer:
         group_l1: float = 0.0,
         group_by: GroupBy = "rows",
         l2_mode: L2Mode = "weight_decay",
+        l1_warmup_steps: int = 0,
     ) -> None:
         self.options = RegularizationOptions(
             l1=l1,
@@ -105,12 +112,14 @@ class Regularizer:
             group_l1=group_l1,
             group_by=group_by,
             l2_mode=l2_mode,
+            l1_warmup_steps=l1_warmup_steps,
         )
         self.selection: Selection = select_parameters(model, self.options.exclude)
         self._chosen_ids = frozenset(id(param) for _, param in self.selection.regularized)
         # Worked out once: the training step reads them every step.
         self._plain = [param for _, param in self.selection.regularized if not is_sharded(param)]
         self._prepared: tuple[list[int], Tensor] | None = None  # see prepare_penalty
+        self.step = 0
         self._sharded = [param for _, param in self.selection.regularized if is_sharded(param)]
         options = self.options
         in_loss = options.l1_mode == "loss" and (options.l1 > 0 or options.group_l1 > 0)
@@ -133,6 +142,11 @@ class Regularizer:
     @property
     def l1(self) -> float:
         return self.options.l1
+
+    @property
+    def l1_now(self) -> float:
+        """The L1 strength at :attr:`step`: ``l1`` once the warm-up is over."""
+        return self.options.l1_at(self.step)
 
     @property
     def l2(self) -> float:
@@ -189,9 +203,9 @@ class Regularizer:
         options = self.options
         terms = []
         if options.l1_mode == "loss" and options.l1 > 0 and l1 and deferred_l1:
-            terms.append(l1_term(params, options.l1, self._take_prepared()))
+            terms.append(l1_term(params, self.l1_now, self._take_prepared()))
         elif options.l1_mode == "loss" and options.l1 > 0 and l1:
-            terms.append(options.l1 * l1_norm(params))
+            terms.append(self.l1_now * l1_norm(params))
         if options.l1_mode == "loss" and options.group_l1 > 0:
             terms.append(options.group_l1 * group_l1_norm(params, options.group_by))
         if options.l2_mode == "loss" and options.l2 > 0:
@@ -272,7 +286,7 @@ class Regularizer:
         sharded = [param for param in params if is_sharded(param)]
         options = self.options
         if options.l1_mode == "loss" and options.l1 > 0 and plain:  # no autograd needed: l1 * sign(w)
-            factor = torch.full((), options.l1, dtype=plain[0].dtype, device=plain[0].device)
+            factor = torch.full((), self.l1_now, dtype=plain[0].dtype, device=plain[0].device)
             grads = [param.grad for param in plain if param.grad is not None]
             kernels.add_scaled_sign_(grads, plain, factor if scale is None else factor * scale)
         with torch.enable_grad():
@@ -308,7 +322,7 @@ class Regularizer:
         options = self.options
         for lr, params in self._by_group(optimizer):
             if options.l1 > 0:
-                kernels.soft_threshold_(params, lr * options.l1)
+                kernels.soft_threshold_(params, lr * self.l1_now)
             if options.group_l1 > 0:
                 for param in params:
                     group_shrink_(param, lr * options.group_l1, options.group_by)
@@ -332,7 +346,7 @@ class Regularizer:
             numels=tuple(param.numel() for param in params),
             groups=tuple(group_count(param, group_by) for param in params),
             table=weight_statistics(params, near_zero_tol, group_by),
-            l1=self.l1,
+            l1=self.l1_now,
             l2=self.l2,
             group_l1=self.group_l1,
         )
@@ -352,7 +366,7 @@ class WeightStatistics:
         groups: group counts (along ``group_by``), one per row.
         table: ``(len(names), 6)`` float64 tensor, per parameter: ``sum|w|``, ``sum w^2``,
             ``#(w == 0)``, ``#(|w| < tol)``, ``sum_g ||w_g||``, ``#(w_g == 0)``.
-        l1: the L1 strength, for ``l1_penalty``.
+        l1: the L1 strength at the step the statistics were taken (after any warm-up), for ``l1_penalty``.
         l2: the L2 strength, for ``l2_penalty``.
         group_l1: the group strength, for ``group_l1_penalty``.
     """
@@ -371,7 +385,8 @@ class WeightStatistics:
         Keys: ``l1_norm`` (``sum|w|``), ``l2_norm`` (``sqrt(sum w^2)``), ``sparsity`` (fraction of
         entries exactly ``0``), ``near_zero`` (fraction below the tolerance), ``dead_units`` (fraction of
         groups entirely ``0``); with ``penalties``, ``l1_penalty`` (``l1 * l1_norm``), ``l2_penalty``
-        (``l2 / 2 * sum w^2``) and ``group_l1_penalty`` (``group_l1 * sum_g ||w_g||``); with
+        (``l2 / 2 * sum w^2``), ``group_l1_penalty`` (``group_l1 * sum_g ||w_g||``) and ``l1_strength``
+        (the L1 strength in force, which a warm-up ramps up); with
         ``per_parameter``, ``sparsity/<name>``, ``l1_norm/<name>`` and ``dead_units/<name>``.
         """
         rows = self.table.tolist()
@@ -386,6 +401,7 @@ class WeightStatistics:
             values["l1_penalty"] = self.l1 * abs_sum
             values["l2_penalty"] = self.l2 / 2 * sq_sum
             values["group_l1_penalty"] = self.group_l1 * group_norm_sum
+            values["l1_strength"] = self.l1
         if per_parameter:
             for name, numel, groups, row in zip(self.names, self.numels, self.groups, rows, strict=True):
                 values[f"sparsity/{name}"] = row[2] / numel

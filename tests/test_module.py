@@ -39,6 +39,7 @@ DEFAULT_OPTIONS = {
     "group_l1": 0.0,
     "group_by": "rows",
     "l2_mode": "weight_decay",
+    "l1_warmup_steps": 0,
 }
 
 

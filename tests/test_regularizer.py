@@ -97,6 +97,7 @@ def test_statistics_summary_matches_formulas() -> None:
         "l2_penalty": L2 / 2 * np.square(flat).sum(),
         "dead_units": 10 / (40 + 1),
         "group_l1_penalty": 0.0,
+        "l1_strength": L1,
         "sparsity/0.weight": 10 * 5 / w[0].size,
         "sparsity/3.weight": 0.0,
         "l1_norm/0.weight": np.abs(w[0]).sum(),

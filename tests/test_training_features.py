@@ -136,8 +136,9 @@ class Scheduled(RegRegression):
     [
         {"l1": L1, "l2": L2},
         {"l1": 0.5, "l2": L2, "l1_mode": "proximal", "l2_mode": "decoupled", "group_l1": 0.05},
+        {"l1": L1, "l2": L2, "l1_warmup_steps": 15},  # 6 steps an epoch: the ramp spans the resume point
     ],
-    ids=["loss-and-weight-decay", "proximal-and-decoupled"],
+    ids=["loss-and-weight-decay", "proximal-and-decoupled", "l1-warm-up"],
 )
 def test_resuming_from_a_checkpoint_continues_bit_for_bit(tmp_path: Path, options: dict[str, Any]) -> None:
     straight = Scheduled(**options)
