@@ -4,6 +4,7 @@ from lightning_reg.module import RegularizedModule
 from lightning_reg.monitor import RegularizationMonitor
 from lightning_reg.options import RegularizationOptions
 from lightning_reg.regularizer import Regularizer, WeightStatistics
+from lightning_reg.shrink import shrink
 
 __all__ = [
     "RegularizationMonitor",
@@ -11,5 +12,6 @@ __all__ = [
     "RegularizedModule",
     "Regularizer",
     "WeightStatistics",
+    "shrink",
 ]
 __version__ = "0.1.0"
