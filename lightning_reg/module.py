@@ -9,6 +9,7 @@ subclass defines the hooks itself (``class Net(RegularizedModule, LightningModul
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import types
@@ -97,11 +98,14 @@ def _outermost(name: str, hook: Callable[..., Any]) -> Callable[..., Any]:
             return hook(self, *args, **kwargs)
         if name == "configure_optimizers":
             self._regularizer = None
+        capture: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
         if name == "training_step":
             _start_step(self)
+            capture = self.regularizer.activity.capture()
         self._reg_active.add(name)
         try:
-            output = hook(self, *args, **kwargs)
+            with capture:
+                output = hook(self, *args, **kwargs)
         finally:
             self._reg_active.discard(name)
         return _FINISHERS[name](self, output)
@@ -166,6 +170,9 @@ class RegularizedModule(_Base):
         l1_warmup_steps: ramp the L1 strength up over this many optimizer steps: at step
             ``s = trainer.global_step`` it is ``l1 * min(1, (s + 1) / l1_warmup_steps)``, so a resumed run
             continues the ramp.
+        activity_l1: module name (as in ``named_modules()``) to strength: ``strength * sum(|a|) /
+            a.shape[0]`` for every output ``a`` of that module in a training step is added to the loss
+            (under manual optimization, add ``self.regularizer.activity_penalty()`` to your loss).
         *args, **kwargs: passed on to the next class's ``__init__``.
 
     Raises:
@@ -206,6 +213,7 @@ class RegularizedModule(_Base):
         group_by: GroupBy = "rows",
         l2_mode: L2Mode = "weight_decay",
         l1_warmup_steps: int = 0,
+        activity_l1: Mapping[str, float] | None = None,
         **kwargs: Any,
     ) -> None:
         self._reg_options = RegularizationOptions(
@@ -217,6 +225,7 @@ class RegularizedModule(_Base):
             group_by=group_by,
             l2_mode=l2_mode,
             l1_warmup_steps=l1_warmup_steps,
+            activity_l1=activity_l1,
         )
         self._regularizer: Regularizer | None = None
         self._reg_active: set[str] = set()

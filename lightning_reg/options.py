@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -68,6 +68,28 @@ def check_count(name: str, value: object) -> int:
     return int(value)
 
 
+def check_strengths(name: str, value: object) -> dict[str, float]:
+    """Return ``value`` as a dict of names to strengths (``None``: empty), else raise ``ValueError``.
+
+    >>> check_strengths("activity_l1", {"encoder": 1e-3})
+    {'encoder': 0.001}
+    >>> check_strengths("activity_l1", {"encoder": -1})
+    Traceback (most recent call last):
+    ...
+    ValueError: Invalid activity_l1['encoder']: -1 (expected a finite number >= 0)
+    """
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ValueError(f"Invalid {name}: {value!r} (expected a dict of module names to strengths)")
+    checked = {}
+    for key, strength in value.items():
+        if not isinstance(key, str):
+            raise ValueError(f"Invalid {name}: key {key!r} (expected module names, as strings)")
+        checked[key] = check_strength(f"{name}[{key!r}]", strength)
+    return checked
+
+
 def check_globs(name: str, value: object) -> tuple[str, ...]:
     """Return ``value`` as a tuple of non-empty glob patterns, else raise ``ValueError`` naming it.
 
@@ -105,10 +127,13 @@ class RegularizationOptions:
             the loss; ``"decoupled"`` multiplies ``w`` by ``1 - lr * l2`` before every optimizer update.
         l1_warmup_steps: ramp the L1 strength up over this many optimizer steps: at step ``s`` (from 0)
             it is ``l1 * min(1, (s + 1) / l1_warmup_steps)``; ``0`` means no ramp.
+        activity_l1: module name (as in ``named_modules()``) to strength: ``strength * sum(|a|) /
+            a.shape[0]`` is added to the training loss for every output ``a`` of that module during a
+            training step (Keras' activity regularizer).
 
     >>> RegularizationOptions(l1=1e-5, l2=1e-4, exclude=["*.bias"])  # doctest: +NORMALIZE_WHITESPACE
     RegularizationOptions(l1=1e-05, l2=0.0001, exclude=('*.bias',), l1_mode='loss', group_l1=0.0,
-                          group_by='rows', l2_mode='weight_decay', l1_warmup_steps=0)
+                          group_by='rows', l2_mode='weight_decay', l1_warmup_steps=0, activity_l1={})
     >>> RegularizationOptions(l1=float("nan"))
     Traceback (most recent call last):
     ...
@@ -123,6 +148,7 @@ class RegularizationOptions:
     group_by: GroupBy = "rows"
     l2_mode: L2Mode = "weight_decay"
     l1_warmup_steps: int = 0
+    activity_l1: Mapping[str, float] | None = None
 
     def __post_init__(self) -> None:
         checked = {
@@ -134,6 +160,7 @@ class RegularizationOptions:
             "group_by": check_choice("group_by", self.group_by, GROUP_BY),
             "l2_mode": check_choice("l2_mode", self.l2_mode, L2_MODES),
             "l1_warmup_steps": check_count("l1_warmup_steps", self.l1_warmup_steps),
+            "activity_l1": check_strengths("activity_l1", self.activity_l1),
         }
         for name, value in checked.items():
             object.__setattr__(self, name, value)
@@ -152,4 +179,5 @@ class RegularizationOptions:
         """The options as plain values (lists, floats) for ``hparams`` and checkpoints."""
         values = asdict(self)
         values["exclude"] = list(self.exclude)
+        values["activity_l1"] = dict(self.activity_l1 or {})
         return values

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import math
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from lightning_reg import kernels, step_hooks
+from lightning_reg.activity import ActivityPenalty
 from lightning_reg.deferred import l1_term
 from lightning_reg.options import GroupBy, L1Mode, L2Mode, RegularizationOptions
 from lightning_reg.param_groups import check_no_own_decay, decay_groups, split_optimizer
@@ -62,9 +63,13 @@ class Regularizer:
         l1_warmup_steps: ramp the L1 strength up over this many optimizer steps: at step ``s`` it is
             ``l1 * min(1, (s + 1) / l1_warmup_steps)``, with ``s`` read from :attr:`step`, which the
             training loop sets (``RegularizedModule`` sets it to ``trainer.global_step``).
+        activity_l1: module name to strength: ``strength * sum(|a|) / a.shape[0]`` for every output ``a``
+            of that module recorded by :attr:`activity` (see
+            :class:`~lightning_reg.activity.ActivityPenalty`); :meth:`penalty` adds the recorded terms.
 
     Attributes:
         step: the index of the optimizer step being taken, from 0; only the L1 warm-up reads it.
+        activity: the activity terms; record a step's with ``with reg.activity.capture(): model(x)``.
 
     Raises:
         ValueError: a strength is negative, NaN, infinite or not a number; ``exclude`` is not a list of
@@ -103,6 +108,7 @@ class Regularizer:
         group_by: GroupBy = "rows",
         l2_mode: L2Mode = "weight_decay",
         l1_warmup_steps: int = 0,
+        activity_l1: Mapping[str, float] | None = None,
     ) -> None:
         self.options = RegularizationOptions(
             l1=l1,
@@ -113,6 +119,7 @@ class Regularizer:
             group_by=group_by,
             l2_mode=l2_mode,
             l1_warmup_steps=l1_warmup_steps,
+            activity_l1=activity_l1,
         )
         self.selection: Selection = select_parameters(model, self.options.exclude)
         self._chosen_ids = frozenset(id(param) for _, param in self.selection.regularized)
@@ -120,10 +127,11 @@ class Regularizer:
         self._plain = [param for _, param in self.selection.regularized if not is_sharded(param)]
         self._prepared: tuple[list[int], Tensor] | None = None  # see prepare_penalty
         self.step = 0
+        self.activity = ActivityPenalty(model, self.options.activity_l1 or {})
         self._sharded = [param for _, param in self.selection.regularized if is_sharded(param)]
         options = self.options
         in_loss = options.l1_mode == "loss" and (options.l1 > 0 or options.group_l1 > 0)
-        self._adds_to_loss = bool(self.selection.regularized) and (
+        self._weights_in_loss = bool(self.selection.regularized) and (
             in_loss or (options.l2_mode == "loss" and options.l2 > 0)
         )
         for pattern in self.selection.unmatched:
@@ -176,6 +184,29 @@ class Regularizer:
         at the optimizer step by the hook :meth:`attach` installs, after FSDP has reduced the gradients of
         the data loss (autograd through a shard would write a gradient FSDP does not expect).
         """
+        activity = list(self.activity.take().values())
+        if self._weights_in_loss or not activity:
+            total = self._weight_penalty()
+            activity.insert(0, total)
+        for term in activity[1:]:
+            activity[0] = activity[0] + term
+        return activity[0]
+
+    def activity_penalty(self) -> Tensor:
+        """The activity terms recorded since the capture began, summed; the recorded terms are cleared.
+
+        :meth:`penalty` includes them. Under manual optimization, where the weight terms reach the weights
+        as gradients at the step, add this to the loss you backpropagate.
+        """
+        terms = list(self.activity.take().values())
+        if not terms:
+            return torch.zeros(())
+        total = terms[0]
+        for term in terms[1:]:
+            total = total + term
+        return total
+
+    def _weight_penalty(self) -> Tensor:
         if not self._sharded:
             return self._penalty_of(self._plain, deferred_l1=True)
         total = self._penalty_of(self._sharded).detach()
@@ -220,7 +251,7 @@ class Regularizer:
     @property
     def adds_to_loss(self) -> bool:
         """Whether :meth:`penalty` has any term: the Lightning adapter skips it when not."""
-        return self._adds_to_loss
+        return self._weights_in_loss or bool(self.activity)
 
     def param_groups(self) -> list[dict[str, Any]]:
         """Optimizer groups: ``W`` with ``weight_decay=l2``, every other trainable parameter with ``0``.
@@ -259,9 +290,9 @@ class Regularizer:
         elif options.l2_mode != "weight_decay" and options.l2 > 0:
             check_no_own_decay(optimizer, self.parameters, f"l2_mode={options.l2_mode!r}")
         before: list[step_hooks.StepCallback] = []
-        if self.adds_to_loss and penalty_as_gradient:
+        if self._weights_in_loss and penalty_as_gradient:
             before.append(self.add_penalty_gradient)
-        elif self.adds_to_loss and self._sharded:
+        elif self._weights_in_loss and self._sharded:
             before.append(functools.partial(self.add_penalty_gradient, sharded_only=True))
         if options.l2_mode == "decoupled" and options.l2 > 0:
             before.append(self.decoupled_decay)

@@ -40,6 +40,7 @@ DEFAULT_OPTIONS = {
     "group_by": "rows",
     "l2_mode": "weight_decay",
     "l1_warmup_steps": 0,
+    "activity_l1": {},
 }
 
 
