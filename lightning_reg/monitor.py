@@ -3,17 +3,47 @@
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import lightning.pytorch as L
+import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import Logger
+from torch import Tensor
 from typing_extensions import override
 
 from lightning_reg.module import RegularizedModule
 from lightning_reg.regularizer import NEAR_ZERO_TOL, Regularizer
+from lightning_reg.sharding import is_sharded
 
 PREFIX = "reg/"
+HISTOGRAM_PREFIX = PREFIX + "weights/"
+
+
+def experiment(logger: Logger) -> Any:
+    """The object behind ``logger`` (``SummaryWriter`` for ``TensorBoardLogger``); ``None`` if it has none."""
+    return getattr(logger, "experiment", None)
+
+
+def supports_histograms(logger: Logger) -> bool:
+    """Whether ``logger`` can take a histogram: its experiment has ``add_histogram`` (a ``SummaryWriter``).
+
+    Ask on global rank 0 only: elsewhere Lightning's loggers hand out a stand-in that accepts any call.
+    """
+    return callable(getattr(experiment(logger), "add_histogram", None))
+
+
+def host_copy(weight: Tensor) -> Tensor:
+    """``weight`` detached, whole and on the CPU, in float32 (float64 stays float64) for the histogram.
+
+    A sharded weight (``DTensor``) is gathered first: a collective, every process must call this.
+    """
+    if is_sharded(weight):
+        weight = weight.detach().full_tensor()  # type: ignore[attr-defined]
+    dtype = weight.dtype if weight.dtype in (torch.float32, torch.float64) else torch.float32
+    return weight.detach().to(device="cpu", dtype=dtype)
 
 
 class RegularizationMonitor(Callback):
@@ -37,21 +67,38 @@ class RegularizationMonitor(Callback):
       ``group_by="columns"``) of ``W`` that are entirely ``0``.
     - with ``per_layer=True``, also ``reg/sparsity/<param name>``, ``reg/l1_norm/<param name>`` and
       ``reg/dead_units/<param name>``.
+    - with ``histograms=True``, a histogram ``reg/weights/<param name>`` of every regularized parameter,
+      its whole weight (a sharded ``DTensor`` is gathered), to each logger whose experiment has
+      ``add_histogram`` (TensorBoard's ``SummaryWriter``: ``TensorBoardLogger``), at the same steps and
+      step index as the scalars. Other loggers get none; when no logger can take them, a
+      ``UserWarning`` at the start of training says so. A weight with a NaN or infinite entry is left
+      out of that step's histograms, with a ``UserWarning`` (once per parameter).
 
     The monitor reads the weights without autograd and changes nothing: a run with it ends on the same
     weights, bit for bit, as a run without. On steps where it does not log it touches no tensor, so it
     causes no host-device synchronisation there.
+
+    Histograms cost more than the scalars on a logging step: each regularized weight is copied to the
+    host (float32, or float64 for float64 weights) and binned there by the writer, on global rank 0; a
+    sharded weight is first gathered whole on every process, one parameter at a time (an all-gather of
+    that parameter, as FSDP does for its forward pass).
 
     Args:
         log_every_n_steps: log every this many optimizer steps; ``None`` uses the Trainer's
             ``log_every_n_steps``.
         per_layer: also log the per-parameter values.
         near_zero_tol: the threshold of ``reg/near_zero`` (absolute; default ``1e-3``).
+        histograms: also log a histogram of each regularized weight, to the loggers that support them.
 
     Raises:
         ValueError: at construction, for a ``log_every_n_steps`` that is not a positive integer, a
-            ``per_layer`` that is not a bool, or a ``near_zero_tol`` that is not a finite number > 0.
+            ``per_layer`` or ``histograms`` that is not a bool, or a ``near_zero_tol`` that is not a
+            finite number > 0.
         MisconfigurationException: at setup, when the Trainer has no logger.
+
+    Warns:
+        UserWarning: at the start of training, with ``histograms=True``, when no logger supports
+            histograms.
 
     Example::
 
@@ -68,6 +115,7 @@ class RegularizationMonitor(Callback):
         log_every_n_steps: int | None = None,
         per_layer: bool = False,
         near_zero_tol: float = NEAR_ZERO_TOL,
+        histograms: bool = False,
     ) -> None:
         if log_every_n_steps is not None and (
             isinstance(log_every_n_steps, bool)
@@ -86,13 +134,19 @@ class RegularizationMonitor(Callback):
             or near_zero_tol <= 0
         ):
             raise ValueError(f"Invalid near_zero_tol: {near_zero_tol!r} (expected a finite number > 0)")
+        if not isinstance(histograms, bool):
+            raise ValueError(f"Invalid histograms: {histograms!r} (expected True or False)")
         self.log_every_n_steps = log_every_n_steps
         self.per_layer = per_layer
         self.near_zero_tol = float(near_zero_tol)
+        self.histograms = histograms
         self._regularizer: Regularizer | None = None
         self._penalties = False
         self._every = 0
         self._last_global_step = -1
+        self._histogram_loggers: list[Logger] = []  # on global rank 0; empty elsewhere
+        self._gather_histograms = False  # the same on every process: whether histograms are made
+        self._non_finite: set[str] = set()  # parameters already warned about
 
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -109,6 +163,25 @@ class RegularizationMonitor(Callback):
             self._regularizer, self._penalties = Regularizer(pl_module), False
         self._every = self.log_every_n_steps or trainer.log_every_n_steps  # type: ignore[attr-defined]
         self._last_global_step = trainer.global_step
+        self._histogram_loggers, self._gather_histograms = [], False
+        if self.histograms:
+            self._find_histogram_loggers(trainer)
+
+    def _find_histogram_loggers(self, trainer: L.Trainer) -> None:
+        # Only rank 0 sees the real experiments; the others learn the answer from it, since gathering a
+        # sharded weight needs every process.
+        if trainer.is_global_zero:
+            self._histogram_loggers = [logger for logger in trainer.loggers if supports_histograms(logger)]
+            if not self._histogram_loggers:
+                names = ", ".join(type(logger).__name__ for logger in trainer.loggers)
+                warnings.warn(
+                    f"RegularizationMonitor(histograms=True): none of the Trainer's loggers ({names}) "
+                    "supports histograms (an experiment with add_histogram, as TensorBoardLogger has); "
+                    "no histograms will be logged",
+                    UserWarning,
+                    stacklevel=2,
+                )
+        self._gather_histograms = bool(trainer.strategy.broadcast(bool(self._histogram_loggers), src=0))
 
     @override
     def on_train_batch_end(
@@ -132,3 +205,28 @@ class RegularizationMonitor(Callback):
             metrics = {PREFIX + key: value for key, value in values.items()}
             for logger in trainer.loggers:
                 logger.log_metrics(metrics, step=step)
+        if self._gather_histograms:
+            self._log_histograms(trainer, step)
+
+    @torch.no_grad()
+    def _log_histograms(self, trainer: L.Trainer, step: int) -> None:
+        assert self._regularizer is not None
+        writers = [experiment(logger) for logger in self._histogram_loggers]
+        for name, param in zip(self._regularizer.names, self._regularizer.parameters, strict=True):
+            if param.numel() == 0 or not (writers or is_sharded(param)):
+                continue
+            values = host_copy(param)  # every process, for a sharded weight: gathering is a collective
+            if not trainer.is_global_zero:
+                continue
+            if not bool(torch.isfinite(values).all()):
+                if name not in self._non_finite:
+                    self._non_finite.add(name)
+                    warnings.warn(
+                        f"RegularizationMonitor: {name} has NaN or infinite entries; its histogram "
+                        f"{HISTOGRAM_PREFIX + name} is not logged while they last",
+                        UserWarning,
+                        stacklevel=2,
+                    )
+                continue
+            for writer in writers:
+                writer.add_histogram(HISTOGRAM_PREFIX + name, values, global_step=step)
