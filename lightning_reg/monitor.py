@@ -61,6 +61,9 @@ class RegularizationMonitor(Callback):
       values of the terms whatever applies them (loss, weight decay, proximal step), with the L1
       strength in force at that step. ``reg/l1_strength``: that strength (``l1`` once an
       ``l1_warmup_steps`` ramp is over). Only for a :class:`RegularizedModule`, whose strengths are known.
+    - ``reg/activity_l1/<module name>``: the activity term ``strength * sum(|a|) / a.shape[0]`` of that
+      module in the last training step (summed over its calls, averaged over processes), for each
+      module in ``activity_l1``.
     - ``reg/l1_norm``: ``sum|w|``; ``reg/l2_norm``: ``sqrt(sum w^2)``.
     - ``reg/sparsity``: fraction of entries of ``W`` exactly ``0``; ``reg/near_zero``: fraction with
       ``|w| < near_zero_tol``; ``reg/dead_units``: fraction of groups (rows, or columns with
@@ -201,12 +204,23 @@ class RegularizationMonitor(Callback):
         # are counted once, and only global rank 0 writes.
         statistics = self._regularizer.statistics(self.near_zero_tol)
         values = statistics.summary(per_parameter=self.per_layer, penalties=self._penalties)
+        values.update(self._activity(trainer))
         if trainer.is_global_zero:
             metrics = {PREFIX + key: value for key, value in values.items()}
             for logger in trainer.loggers:
                 logger.log_metrics(metrics, step=step)
         if self._gather_histograms:
             self._log_histograms(trainer, step)
+
+    def _activity(self, trainer: L.Trainer) -> dict[str, float]:
+        """The last training step's activity terms, averaged over processes (each has its own batch)."""
+        assert self._regularizer is not None
+        terms = self._regularizer.activity.last if self._penalties else {}
+        if not terms:
+            return {}
+        local_terms = torch.stack([term.float() for term in terms.values()])
+        averaged = trainer.strategy.reduce(local_terms, reduce_op="mean")
+        return {f"activity_l1/{name}": value for name, value in zip(terms, averaged.tolist(), strict=True)}
 
     @torch.no_grad()
     def _log_histograms(self, trainer: L.Trainer, step: int) -> None:

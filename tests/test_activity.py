@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,9 +17,10 @@ from helpers import (
     quiet_trainer,
     regression_data,
 )
+from lightning.pytorch.loggers import CSVLogger
 from torch import Tensor, nn
 
-from lightning_reg import RegularizationOptions, Regularizer
+from lightning_reg import RegularizationMonitor, RegularizationOptions, Regularizer
 from lightning_reg.activity import ActivityPenalty
 
 STRENGTH, EPOCHS = 0.05, 2
@@ -150,3 +153,19 @@ def test_manual_optimization_adds_the_activity_penalty_the_user_asks_for() -> No
     model = Manual(activity_l1={"net.1": STRENGTH})
     quiet_trainer(max_epochs=EPOCHS).fit(model, loader(regression_data()))
     assert_same_weights(model.net, by_hand())
+
+
+def test_the_monitor_logs_the_term_of_the_step(tmp_path: Path) -> None:
+    x, y = regression_data().tensors
+    model = RegRegression(activity_l1={"net.1": STRENGTH})
+    logger = CSVLogger(tmp_path)
+    trainer = quiet_trainer(
+        max_steps=1, logger=logger, callbacks=[RegularizationMonitor(log_every_n_steps=1)]
+    )
+    trainer.fit(model, loader(regression_data(), batch_size=len(x)))
+    with open(Path(logger.log_dir) / "metrics.csv") as handle:
+        [row] = [row for row in csv.DictReader(handle) if row.get("reg/activity_l1/net.1")]
+    first = make_net()  # the weights of that one step
+    expected = STRENGTH * torch.sum(torch.abs(first[1](first[0](x)))).item() / len(x)
+    assert int(row["step"]) == 0
+    assert float(row["reg/activity_l1/net.1"]) == pytest.approx(expected, rel=1e-6)
