@@ -138,10 +138,11 @@ def _check_base_order(cls: type) -> None:
 class RegularizedModule(_Base):
     """Mixin that regularizes a ``LightningModule``: L1, group L1 and L2, in the loss or the optimizer.
 
-    The regularized parameters ``W`` are the trainable floating-point parameters with ``dim() > 1``,
-    minus those matching an ``exclude`` glob or named by the module's ``no_weight_decay()``; tied
-    parameters count once. They are chosen when ``configure_optimizers`` runs, so layers built in
-    ``configure_model`` are included.
+    The regularized parameters ``W`` are the trainable floating-point parameters with ``dim() > 1`` or
+    matched by a ``rules`` pattern, minus those matching an ``exclude`` glob or named by the module's
+    ``no_weight_decay()``; tied parameters count once. Each has its own strengths: its first matching
+    rule's, the keys the rule omits (and every parameter no rule matches) taking the module-wide ones.
+    They are chosen when ``configure_optimizers`` runs, so layers built in ``configure_model`` are included.
 
     - ``training_step``: the loss it returns (a tensor, or a dict's ``"loss"``; ``None`` passes) gains the
       loss-mode terms: ``l1 * sum|w| + group_l1 * sum_g ||w_g||`` with ``l1_mode="loss"`` and
@@ -173,12 +174,20 @@ class RegularizedModule(_Base):
         activity_l1: module name (as in ``named_modules()``) to strength: ``strength * sum(|a|) /
             a.shape[0]`` for every output ``a`` of that module in a training step is added to the loss
             (under manual optimization, add ``self.regularizer.activity_penalty()`` to your loss).
+        rules: glob pattern over ``named_parameters()`` names to some of ``l1``, ``l2``, ``group_l1``,
+            e.g. ``{"embed.*": {"l2": 0.0}, "*.bias": {"l1": 1e-5}}``: the first rule matching a
+            parameter gives its strengths, each key it omits falling back to the module-wide value; a
+            matched parameter is regularized even with ``dim() <= 1``; ``exclude`` beats rules. With
+            several distinct ``l2``, the decay groups are ``decay`` (the module-wide ``l2``) and
+            ``decay/<l2>`` (the others); a rule's ``l2=0`` puts its parameters in ``no_decay``.
         *args, **kwargs: passed on to the next class's ``__init__``.
 
     Raises:
         ValueError: at construction, for a negative, NaN, infinite or non-numeric strength, a bad
-            ``exclude``, mode or ``group_by``; when ``configure_optimizers`` runs, for an optimizer that
-            cannot carry the L2 mode (no ``weight_decay``, or its own decay of ``W``).
+            ``exclude``, mode, ``group_by`` or ``rules``; when ``configure_optimizers`` runs, for an
+            optimizer that cannot carry the L2 mode (no ``weight_decay``, or its own decay of ``W``), and
+            for a rule giving ``group_l1 > 0`` to a parameter without groups (0-D; 1-D with
+            ``group_by="columns"``).
         TypeError: at class creation, when the mixin is placed after a ``LightningModule`` in the bases.
 
     Example::
@@ -214,6 +223,7 @@ class RegularizedModule(_Base):
         l2_mode: L2Mode = "weight_decay",
         l1_warmup_steps: int = 0,
         activity_l1: Mapping[str, float] | None = None,
+        rules: Mapping[str, Mapping[str, float]] | None = None,
         **kwargs: Any,
     ) -> None:
         self._reg_options = RegularizationOptions(
@@ -226,6 +236,7 @@ class RegularizedModule(_Base):
             l2_mode=l2_mode,
             l1_warmup_steps=l1_warmup_steps,
             activity_l1=activity_l1,
+            rules=rules,
         )
         self._regularizer: Regularizer | None = None
         self._reg_active: set[str] = set()

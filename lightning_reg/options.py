@@ -19,6 +19,8 @@ GroupBy = Literal["rows", "columns"]
 L1_MODES: tuple[L1Mode, ...] = ("loss", "proximal")
 L2_MODES: tuple[L2Mode, ...] = ("weight_decay", "loss", "decoupled")
 GROUP_BY: tuple[GroupBy, ...] = ("rows", "columns")
+#: The strengths a rule of ``rules`` may set.
+RULE_KEYS = ("l1", "l2", "group_l1")
 
 
 def check_strength(name: str, value: object) -> float:
@@ -90,6 +92,47 @@ def check_strengths(name: str, value: object) -> dict[str, float]:
     return checked
 
 
+def check_rules(name: str, value: object) -> dict[str, dict[str, float]]:
+    """Return ``value`` as a dict of glob patterns to dicts of strengths (``None``: empty), else raise.
+
+    Each rule maps a non-empty glob over parameter names to some of the strengths ``l1``, ``l2`` and
+    ``group_l1``; every strength is checked by :func:`check_strength`.
+
+    >>> check_rules("rules", {"*.bias": {"l1": 1e-4}})
+    {'*.bias': {'l1': 0.0001}}
+    >>> check_rules("rules", {"*.bias": {"l1": -1}})
+    Traceback (most recent call last):
+    ...
+    ValueError: Invalid rules['*.bias']['l1']: -1 (expected a finite number >= 0)
+    >>> check_rules("rules", {"*.bias": {"decay": 0.1}})
+    Traceback (most recent call last):
+    ...
+    ValueError: Invalid rules['*.bias']: unknown key 'decay' (expected keys among 'l1', 'l2', 'group_l1')
+    """
+    if value is None:
+        return {}
+    keys = ", ".join(repr(key) for key in RULE_KEYS)
+    if not isinstance(value, Mapping):
+        raise ValueError(
+            f"Invalid {name}: {value!r} (expected a dict of glob patterns to dicts of strengths, "
+            f"e.g. {name}={{'*.bias': {{'l2': 1e-4}}}})"
+        )
+    checked: dict[str, dict[str, float]] = {}
+    for pattern, strengths in value.items():
+        if not isinstance(pattern, str) or not pattern:
+            raise ValueError(f"Invalid {name}: pattern {pattern!r} (expected non-empty glob strings)")
+        where = f"{name}[{pattern!r}]"
+        if not isinstance(strengths, Mapping):
+            raise ValueError(f"Invalid {where}: {strengths!r} (expected a dict with keys among {keys})")
+        for key in strengths:
+            if key not in RULE_KEYS:
+                raise ValueError(f"Invalid {where}: unknown key {key!r} (expected keys among {keys})")
+        checked[pattern] = {
+            key: check_strength(f"{where}[{key!r}]", strength) for key, strength in strengths.items()
+        }
+    return checked
+
+
 def check_globs(name: str, value: object) -> tuple[str, ...]:
     """Return ``value`` as a tuple of non-empty glob patterns, else raise ``ValueError`` naming it.
 
@@ -130,10 +173,16 @@ class RegularizationOptions:
         activity_l1: module name (as in ``named_modules()``) to strength: ``strength * sum(|a|) /
             a.shape[0]`` is added to the training loss for every output ``a`` of that module during a
             training step (Keras' activity regularizer).
+        rules: glob pattern over ``named_parameters()`` names to strengths (``{"l1": ..., "l2": ...,
+            "group_l1": ...}``, any subset): a parameter gets its strengths from the first rule whose
+            pattern matches one of its names, each key the rule omits falling back to the module-wide
+            value. A parameter a rule matches is regularized even with ``dim() <= 1`` (an explicit
+            opt-in); ``exclude`` and ``no_weight_decay()`` beat rules.
 
     >>> RegularizationOptions(l1=1e-5, l2=1e-4, exclude=["*.bias"])  # doctest: +NORMALIZE_WHITESPACE
     RegularizationOptions(l1=1e-05, l2=0.0001, exclude=('*.bias',), l1_mode='loss', group_l1=0.0,
-                          group_by='rows', l2_mode='weight_decay', l1_warmup_steps=0, activity_l1={})
+                          group_by='rows', l2_mode='weight_decay', l1_warmup_steps=0, activity_l1={},
+                          rules={})
     >>> RegularizationOptions(l1=float("nan"))
     Traceback (most recent call last):
     ...
@@ -149,6 +198,7 @@ class RegularizationOptions:
     l2_mode: L2Mode = "weight_decay"
     l1_warmup_steps: int = 0
     activity_l1: Mapping[str, float] | None = None
+    rules: Mapping[str, Mapping[str, float]] | None = None
 
     def __post_init__(self) -> None:
         checked = {
@@ -161,6 +211,7 @@ class RegularizationOptions:
             "l2_mode": check_choice("l2_mode", self.l2_mode, L2_MODES),
             "l1_warmup_steps": check_count("l1_warmup_steps", self.l1_warmup_steps),
             "activity_l1": check_strengths("activity_l1", self.activity_l1),
+            "rules": check_rules("rules", self.rules),
         }
         for name, value in checked.items():
             object.__setattr__(self, name, value)
@@ -173,11 +224,22 @@ class RegularizationOptions:
         """
         if self.l1_warmup_steps == 0:
             return self.l1
-        return self.l1 * min(1.0, (step + 1) / self.l1_warmup_steps)
+        return self.l1 * self.l1_ramp(step)
+
+    def l1_ramp(self, step: int) -> float:
+        """The factor the warm-up scales every L1 strength by at optimizer step ``step`` (from 0).
+
+        >>> RegularizationOptions(l1=1.0, l1_warmup_steps=4).l1_ramp(1)
+        0.5
+        """
+        if self.l1_warmup_steps == 0:
+            return 1.0
+        return min(1.0, (step + 1) / self.l1_warmup_steps)
 
     def as_hparams(self) -> dict[str, Any]:
         """The options as plain values (lists, floats) for ``hparams`` and checkpoints."""
         values = asdict(self)
         values["exclude"] = list(self.exclude)
         values["activity_l1"] = dict(self.activity_l1 or {})
+        values["rules"] = {pattern: dict(strengths) for pattern, strengths in (self.rules or {}).items()}
         return values

@@ -16,11 +16,17 @@ STATISTICS_COLUMNS = ("abs_sum", "sq_sum", "zeros", "near_zero", "group_norm_sum
 def grouped(param: Tensor, group_by: str) -> Tensor:
     """``param`` as a matrix with one row per group: its slices along dim 0 (``"rows"``) or dim 1.
 
+    A parameter with fewer than two dims (which only a ``rules`` opt-in regularizes) has one group per
+    entry, whatever ``group_by``: the group term on it is refused unless it is 1-D and grouped by rows
+    (see :func:`~lightning_reg.selection.select_parameters`); the statistics count its zero entries.
+
     >>> grouped(torch.arange(6.0).reshape(2, 3), "columns")
     tensor([[0., 3.],
             [1., 4.],
             [2., 5.]])
     """
+    if param.dim() < 2:
+        return param.reshape(-1, 1)
     matrix: Tensor = (
         param.reshape(param.shape[0], -1)
         if group_by == "rows"
@@ -30,7 +36,9 @@ def grouped(param: Tensor, group_by: str) -> Tensor:
 
 
 def group_count(param: Tensor, group_by: str) -> int:
-    """How many groups ``param`` has along ``group_by``."""
+    """How many groups ``param`` has along ``group_by`` (its entries, with fewer than two dims)."""
+    if param.dim() < 2:
+        return param.numel()
     return int(param.shape[0] if group_by == "rows" else param.shape[1])
 
 
@@ -100,8 +108,8 @@ def group_shrink_(param: Tensor, threshold: float | Tensor, group_by: str) -> No
     """
     norms = group_squares(param, group_by).sqrt()
     scale = (1 - threshold / norms.clamp_min(torch.finfo(norms.dtype).tiny)).clamp_min(0)
-    shape = [-1, 1] if group_by == "rows" else [1, -1]
-    factor = scale.reshape(shape + [1] * (param.dim() - 2)).expand(param.shape)
+    shape = [-1] + [1] * (param.dim() - 1) if group_by == "rows" else [1, -1] + [1] * (param.dim() - 2)
+    factor = scale.reshape(shape).expand(param.shape)
     local(param).mul_(piece_of(factor, param))
 
 
@@ -122,12 +130,23 @@ def weight_statistics(params: Sequence[Tensor], near_zero_tol: float, group_by: 
     dtype = torch.float32 if device.type == "mps" else torch.float64
     with torch.no_grad():
         rows = [
-            _sharded_statistics(param.detach(), near_zero_tol, group_by, dtype)
+            _sharded_statistics(param.detach(), near_zero_tol, _group_by_of(param, group_by), dtype)
             if is_sharded(param)
-            else _statistics(param.detach(), near_zero_tol, group_by, dtype)
+            else _statistics(
+                _at_least_1d(param.detach()), near_zero_tol, _group_by_of(param, group_by), dtype
+            )
             for param in params
         ]
         return torch.stack(rows)
+
+
+def _group_by_of(param: Tensor, group_by: str) -> str:
+    """``group_by``, except for a parameter with fewer than two dims: its groups are its entries (rows)."""
+    return group_by if param.dim() >= 2 else "rows"
+
+
+def _at_least_1d(values: Tensor) -> Tensor:
+    return values.reshape(1) if values.dim() == 0 else values
 
 
 def _statistics(values: Tensor, near_zero_tol: float, group_by: str, dtype: torch.dtype) -> Tensor:

@@ -27,7 +27,7 @@ from lightning_reg.penalties import (
     squared_norm,
     weight_statistics,
 )
-from lightning_reg.selection import Selection, select_parameters
+from lightning_reg.selection import Selection, Strengths, select_parameters
 from lightning_reg.sharding import add_, is_sharded
 
 #: Default threshold below which a weight counts as "near zero" in the statistics.
@@ -39,14 +39,19 @@ class Regularizer:
 
     The parameters are chosen once, at construction, by
     :func:`~lightning_reg.selection.select_parameters`: trainable floating-point parameters with
-    ``dim() > 1``, minus ``exclude`` globs and the model's ``no_weight_decay()`` names.
+    ``dim() > 1`` or matched by a ``rules`` pattern, minus ``exclude`` globs and the model's
+    ``no_weight_decay()`` names. Each gets its own strengths (``l1_p``, ``l2_p``, ``group_l1_p``): those
+    of the first rule matching it, else the module-wide ``l1``, ``l2``, ``group_l1``; every term below
+    uses each weight's own (``l1 * sum|w|`` stands for ``sum_p l1_p * sum|w_p|``, and so on), and the
+    tensor work runs over the weights that share a strength, as one list.
 
     How each term reaches the weights (see :class:`~lightning_reg.options.RegularizationOptions`):
 
     - in the loss: :meth:`penalty` returns ``l1 * sum|w|`` and ``group_l1 * sum_g ||w_g||`` when
       ``l1_mode="loss"``, and ``l2 / 2 * sum w^2`` when ``l2_mode="loss"``;
     - in the optimizer: :meth:`param_groups` (new optimizers) and :meth:`attach` (existing ones) give
-      ``W`` ``weight_decay=l2`` when ``l2_mode="weight_decay"``; :meth:`attach` also installs the
+      ``W`` ``weight_decay=l2`` when ``l2_mode="weight_decay"`` (one group per distinct ``l2_p``, see
+      :func:`~lightning_reg.param_groups.decay_names`); :meth:`attach` also installs the
       step-bound updates of the other modes: ``w <- w * (1 - lr * l2)`` right before each update
       (``"decoupled"``) and the proximal operators of the L1 and group terms right after it
       (``"proximal"``), with ``lr`` the learning rate of the group holding ``w`` at that step.
@@ -66,6 +71,10 @@ class Regularizer:
         activity_l1: module name to strength: ``strength * sum(|a|) / a.shape[0]`` for every output ``a``
             of that module recorded by :attr:`activity` (see
             :class:`~lightning_reg.activity.ActivityPenalty`); :meth:`penalty` adds the recorded terms.
+        rules: glob pattern over parameter names to some of ``l1``, ``l2``, ``group_l1``: the first
+            rule matching a parameter gives its strengths, the keys it omits falling back to the
+            module-wide values; a matched parameter is regularized whatever its ``dim()``; ``exclude``
+            and ``no_weight_decay()`` beat rules.
 
     Attributes:
         step: the index of the optimizer step being taken, from 0; only the L1 warm-up reads it.
@@ -73,10 +82,12 @@ class Regularizer:
 
     Raises:
         ValueError: a strength is negative, NaN, infinite or not a number; ``exclude`` is not a list of
-            non-empty strings; a mode or ``group_by`` is not one of its choices.
+            non-empty strings; a mode or ``group_by`` is not one of its choices; ``rules`` is not a dict
+            of non-empty globs to dicts of those strengths; a rule gives ``group_l1 > 0`` to a 0-D
+            parameter, or to a 1-D one with ``group_by="columns"`` (it has no groups there).
 
     Warns:
-        UserWarning: an ``exclude`` pattern matches no parameter.
+        UserWarning: an ``exclude`` or ``rules`` pattern matches no parameter.
 
     Example, the tutorial's Elastic Net loop::
 
@@ -109,6 +120,7 @@ class Regularizer:
         l2_mode: L2Mode = "weight_decay",
         l1_warmup_steps: int = 0,
         activity_l1: Mapping[str, float] | None = None,
+        rules: Mapping[str, Mapping[str, float]] | None = None,
     ) -> None:
         self.options = RegularizationOptions(
             l1=l1,
@@ -120,23 +132,41 @@ class Regularizer:
             l2_mode=l2_mode,
             l1_warmup_steps=l1_warmup_steps,
             activity_l1=activity_l1,
+            rules=rules,
         )
-        self.selection: Selection = select_parameters(model, self.options.exclude)
+        options = self.options
+        self.selection: Selection = select_parameters(
+            model,
+            options.exclude,
+            options.rules,
+            Strengths(options.l1, options.l2, options.group_l1),
+            options.group_by,
+        )
         self._chosen_ids = frozenset(id(param) for _, param in self.selection.regularized)
+        self._strength_of = {
+            id(param): strength
+            for (_, param), strength in zip(self.selection.regularized, self.selection.strengths, strict=True)
+        }
+        # Whether some weight of W has a positive strength of each kind.
+        self._has_l1 = any(strength.l1 > 0 for strength in self.selection.strengths)
+        self._has_l2 = any(strength.l2 > 0 for strength in self.selection.strengths)
+        self._has_group_l1 = any(strength.group_l1 > 0 for strength in self.selection.strengths)
         # Worked out once: the training step reads them every step.
         self._plain = [param for _, param in self.selection.regularized if not is_sharded(param)]
-        self._prepared: tuple[list[int], Tensor] | None = None  # see prepare_penalty
+        self._plain_l1 = self._by_strength(self._plain, "l1")
+        self._prepared: dict[float, tuple[list[int], list[int], Tensor]] = {}  # see prepare_penalty
         self.step = 0
-        self.activity = ActivityPenalty(model, self.options.activity_l1 or {})
+        self.activity = ActivityPenalty(model, options.activity_l1 or {})
         self._sharded = [param for _, param in self.selection.regularized if is_sharded(param)]
-        options = self.options
-        in_loss = options.l1_mode == "loss" and (options.l1 > 0 or options.group_l1 > 0)
+        in_loss = options.l1_mode == "loss" and (self._has_l1 or self._has_group_l1)
         self._weights_in_loss = bool(self.selection.regularized) and (
-            in_loss or (options.l2_mode == "loss" and options.l2 > 0)
+            in_loss or (options.l2_mode == "loss" and self._has_l2)
         )
-        for pattern in self.selection.unmatched:
+        unmatched = [("exclude", pattern) for pattern in self.selection.unmatched]
+        unmatched += [("rules", pattern) for pattern in self.selection.unmatched_rules]
+        for option, pattern in unmatched:
             warnings.warn(
-                f"exclude pattern {pattern!r} matches no trainable parameter of "
+                f"{option} pattern {pattern!r} matches no trainable parameter of "
                 f"{type(model).__name__}; names look like {self._example_names(model)}",
                 UserWarning,
                 stacklevel=2,
@@ -163,6 +193,11 @@ class Regularizer:
     @property
     def group_l1(self) -> float:
         return self.options.group_l1
+
+    @property
+    def strengths(self) -> dict[str, Strengths]:
+        """Each regularized parameter's name to its strengths (``l1`` before any warm-up)."""
+        return dict(zip(self.names, self.selection.strengths, strict=True))
 
     @property
     def names(self) -> list[str]:
@@ -220,27 +255,50 @@ class Regularizer:
         ``training_step``: computed before the forward pass, the L1 sum's temporary memory is not added to
         that peak. ``RegularizedModule`` calls this before every training step.
         """
-        if self.options.l1_mode == "loss" and self.options.l1 > 0 and self._plain:
-            self._prepared = ([param._version for param in self._plain], kernels.abs_sum(self._plain))
+        if self.options.l1_mode == "loss" and self._has_l1:
+            self._prepared = {
+                strength: ([id(p) for p in params], [p._version for p in params], kernels.abs_sum(params))
+                for strength, params in self._plain_l1
+            }
 
-    def _take_prepared(self) -> Tensor | None:
-        """The sum :meth:`prepare_penalty` computed, if the weights are still those it read; once."""
-        prepared, self._prepared = self._prepared, None
-        if prepared is None or prepared[0] != [param._version for param in self._plain]:
-            return None
-        return prepared[1]
+    def _take_prepared(self) -> dict[float, tuple[list[int], list[int], Tensor]]:
+        """The sums :meth:`prepare_penalty` computed, per L1 strength; once."""
+        prepared, self._prepared = self._prepared, {}
+        return prepared
+
+    def _by_strength(self, params: Iterable[Tensor], kind: str) -> list[tuple[float, list[Tensor]]]:
+        """``params`` grouped by their strength ``kind`` (``"l1"``, ``"l2"``, ``"group_l1"``), in order.
+
+        Groups come in the order of their first parameter; parameters with strength ``0`` are left out.
+        Without ``rules`` this is at most one group: all of ``params``, in their order.
+        """
+        groups: dict[float, list[Tensor]] = {}
+        for param in params:
+            strength: float = getattr(self._strength_of[id(param)], kind)
+            if strength > 0:
+                groups.setdefault(strength, []).append(param)
+        return list(groups.items())
 
     def _penalty_of(self, params: Sequence[Tensor], *, deferred_l1: bool = False, l1: bool = True) -> Tensor:
         options = self.options
         terms = []
-        if options.l1_mode == "loss" and options.l1 > 0 and l1 and deferred_l1:
-            terms.append(l1_term(params, self.l1_now, self._take_prepared()))
-        elif options.l1_mode == "loss" and options.l1 > 0 and l1:
-            terms.append(self.l1_now * l1_norm(params))
-        if options.l1_mode == "loss" and options.group_l1 > 0:
-            terms.append(options.group_l1 * group_l1_norm(params, options.group_by))
-        if options.l2_mode == "loss" and options.l2 > 0:
-            terms.append(options.l2 / 2 * squared_norm(params))
+        if options.l1_mode == "loss" and l1 and self._has_l1:
+            ramp = options.l1_ramp(self.step)
+            prepared = self._take_prepared() if deferred_l1 else {}
+            by_l1 = (
+                self._plain_l1 if deferred_l1 and params is self._plain else self._by_strength(params, "l1")
+            )
+            for strength, group in by_l1:
+                if deferred_l1:
+                    terms.append(l1_term(group, strength * ramp, _still_valid(prepared.get(strength), group)))
+                else:
+                    terms.append(strength * ramp * l1_norm(group))
+        if options.l1_mode == "loss" and self._has_group_l1:
+            for strength, group in self._by_strength(params, "group_l1"):
+                terms.append(strength * group_l1_norm(group, options.group_by))
+        if options.l2_mode == "loss" and self._has_l2:
+            for strength, group in self._by_strength(params, "l2"):
+                terms.append(strength / 2 * squared_norm(group))
         if not terms or not params:
             return torch.zeros((), device=params[0].device if params else None)
         total = terms[0]
@@ -261,8 +319,13 @@ class Regularizer:
         :meth:`attach` on it for the proximal and decoupled modes.
         """
         others = [param for _, param in self.selection.others]
-        decay = self.l2 if self.options.l2_mode == "weight_decay" else 0.0
-        return decay_groups(self.parameters, others, decay)
+        if self.options.l2_mode != "weight_decay":
+            return decay_groups(self.parameters, others, 0.0)
+        return decay_groups(self.parameters, others, self.l2, self._decays())
+
+    def _decays(self) -> list[float]:
+        """Each regularized parameter's ``l2``, in the order of :attr:`parameters`."""
+        return [strength.l2 for strength in self.selection.strengths]
 
     def attach(
         self, optimizer: Optimizer, schedulers: Iterable[Any] = (), *, penalty_as_gradient: bool = False
@@ -285,18 +348,19 @@ class Regularizer:
                 ``weight_decay`` on ``W`` with ``l2_mode`` ``"loss"`` or ``"decoupled"``.
         """
         options = self.options
-        if options.l2_mode == "weight_decay" and options.l2 > 0:
-            split_optimizer(optimizer, self.parameters, options.l2, schedulers)
-        elif options.l2_mode != "weight_decay" and options.l2 > 0:
+        l2 = options.l2 > 0 or self._has_l2
+        if options.l2_mode == "weight_decay" and l2:
+            split_optimizer(optimizer, self.parameters, options.l2, schedulers, self._decays())
+        elif options.l2_mode != "weight_decay" and l2:
             check_no_own_decay(optimizer, self.parameters, f"l2_mode={options.l2_mode!r}")
         before: list[step_hooks.StepCallback] = []
         if self._weights_in_loss and penalty_as_gradient:
             before.append(self.add_penalty_gradient)
         elif self._weights_in_loss and self._sharded:
             before.append(functools.partial(self.add_penalty_gradient, sharded_only=True))
-        if options.l2_mode == "decoupled" and options.l2 > 0:
+        if options.l2_mode == "decoupled" and self._has_l2:
             before.append(self.decoupled_decay)
-        proximal = options.l1_mode == "proximal" and (options.l1 > 0 or options.group_l1 > 0)
+        proximal = options.l1_mode == "proximal" and (self._has_l1 or self._has_group_l1)
         step_hooks.attach(optimizer, before=before, after=[self.proximal_step] if proximal else [])
 
     def add_penalty_gradient(self, optimizer: Optimizer, *, sharded_only: bool = False) -> None:
@@ -316,10 +380,12 @@ class Regularizer:
         plain = [param for param in params if not is_sharded(param)]
         sharded = [param for param in params if is_sharded(param)]
         options = self.options
-        if options.l1_mode == "loss" and options.l1 > 0 and plain:  # no autograd needed: l1 * sign(w)
-            factor = torch.full((), self.l1_now, dtype=plain[0].dtype, device=plain[0].device)
-            grads = [param.grad for param in plain if param.grad is not None]
-            kernels.add_scaled_sign_(grads, plain, factor if scale is None else factor * scale)
+        if options.l1_mode == "loss" and self._has_l1:  # no autograd needed: l1 * sign(w)
+            ramp = options.l1_ramp(self.step)
+            for strength, group in self._by_strength(plain, "l1"):
+                factor = torch.full((), strength * ramp, dtype=group[0].dtype, device=group[0].device)
+                grads = [param.grad for param in group if param.grad is not None]
+                kernels.add_scaled_sign_(grads, group, factor if scale is None else factor * scale)
         with torch.enable_grad():
             terms = [self._penalty_of(sharded)] if sharded else []
             terms += [self._penalty_of(plain, l1=False)] if plain else []
@@ -337,10 +403,12 @@ class Regularizer:
     def decoupled_decay(self, optimizer: Optimizer) -> None:
         """``w <- w * (1 - lr * l2)`` for each ``w`` of ``W`` in ``optimizer`` that has a gradient.
 
-        What AdamW does before its update; called by the hook :meth:`attach` installs.
+        What AdamW does before its update; called by the hook :meth:`attach` installs. ``l2`` is each
+        weight's own.
         """
         for lr, params in self._by_group(optimizer):
-            kernels.scale_(params, 1 - lr * self.l2)
+            for strength, group in self._by_strength(params, "l2"):
+                kernels.scale_(group, 1 - lr * strength)
 
     @torch.no_grad()
     def proximal_step(self, optimizer: Optimizer) -> None:
@@ -349,14 +417,16 @@ class Regularizer:
         ``w <- sign(w) * max(|w| - lr * l1, 0)``, then ``w_g <- w_g * max(0, 1 - lr * group_l1 / ||w_g||)``:
         together the exact proximal operator of ``l1 * |w| + group_l1 * ||w_g||`` (sparse group lasso).
         Only ``W`` that has a gradient at this step is touched, as the optimizer touches only those.
+        ``l1`` (with the warm-up's ramp) and ``group_l1`` are each weight's own.
         """
         options = self.options
+        ramp = options.l1_ramp(self.step)
         for lr, params in self._by_group(optimizer):
-            if options.l1 > 0:
-                kernels.soft_threshold_(params, lr * self.l1_now)
-            if options.group_l1 > 0:
-                for param in params:
-                    group_shrink_(param, lr * options.group_l1, options.group_by)
+            for strength, group in self._by_strength(params, "l1"):
+                kernels.soft_threshold_(group, lr * (strength * ramp))
+            for strength, group in self._by_strength(params, "group_l1"):
+                for param in group:
+                    group_shrink_(param, lr * strength, options.group_by)
 
     def _by_group(self, optimizer: Optimizer) -> Iterable[tuple[Any, list[Tensor]]]:
         """``(lr, the params of W in the group that have a gradient)`` for each group of ``optimizer``.
@@ -372,6 +442,9 @@ class Regularizer:
     def statistics(self, near_zero_tol: float = NEAR_ZERO_TOL) -> WeightStatistics:
         """Norms and zero counts of ``W``, as tensors on the weights' device (no host synchronisation)."""
         params, group_by = self.parameters, self.options.group_by
+        ramp = self.options.l1_ramp(self.step)
+        module_wide = Strengths(self.l1, self.l2, self.group_l1)
+        own = self.selection.strengths
         return WeightStatistics(
             names=tuple(self.names),
             numels=tuple(param.numel() for param in params),
@@ -380,6 +453,9 @@ class Regularizer:
             l1=self.l1_now,
             l2=self.l2,
             group_l1=self.group_l1,
+            strengths=None
+            if all(strength == module_wide for strength in own)
+            else tuple(Strengths(s.l1 * ramp, s.l2, s.group_l1) for s in own),
         )
 
     @staticmethod
@@ -397,9 +473,13 @@ class WeightStatistics:
         groups: group counts (along ``group_by``), one per row.
         table: ``(len(names), 6)`` float64 tensor, per parameter: ``sum|w|``, ``sum w^2``,
             ``#(w == 0)``, ``#(|w| < tol)``, ``sum_g ||w_g||``, ``#(w_g == 0)``.
-        l1: the L1 strength at the step the statistics were taken (after any warm-up), for ``l1_penalty``.
-        l2: the L2 strength, for ``l2_penalty``.
-        group_l1: the group strength, for ``group_l1_penalty``.
+        l1: the module-wide L1 strength at the step the statistics were taken (after any warm-up), for
+            ``l1_penalty`` and ``l1_strength``.
+        l2: the module-wide L2 strength, for ``l2_penalty``.
+        group_l1: the module-wide group strength, for ``group_l1_penalty``.
+        strengths: each row's own strengths (its ``l1`` after any warm-up), where ``rules`` give some
+            parameter other strengths than the module-wide ones; ``None``: every row has ``l1``, ``l2``
+            and ``group_l1``.
     """
 
     names: tuple[str, ...]
@@ -409,6 +489,7 @@ class WeightStatistics:
     l1: float
     l2: float
     group_l1: float
+    strengths: tuple[Strengths, ...] | None = None
 
     def summary(self, per_parameter: bool = False, penalties: bool = True) -> dict[str, float]:
         """The values as floats, read from the device in one transfer.
@@ -417,7 +498,8 @@ class WeightStatistics:
         entries exactly ``0``), ``near_zero`` (fraction below the tolerance), ``dead_units`` (fraction of
         groups entirely ``0``); with ``penalties``, ``l1_penalty`` (``l1 * l1_norm``), ``l2_penalty``
         (``l2 / 2 * sum w^2``), ``group_l1_penalty`` (``group_l1 * sum_g ||w_g||``) and ``l1_strength``
-        (the L1 strength in force, which a warm-up ramps up); with
+        (the module-wide L1 strength in force, which a warm-up ramps up); with ``rules``, each penalty
+        sums every parameter's own strength times its norm (``l1_penalty = sum_p l1_p * sum|w_p|``); with
         ``per_parameter``, ``sparsity/<name>``, ``l1_norm/<name>`` and ``dead_units/<name>``.
         """
         rows = self.table.tolist()
@@ -428,10 +510,16 @@ class WeightStatistics:
             values["sparsity"] = zeros / sum(self.numels)
             values["near_zero"] = near_zero / sum(self.numels)
             values["dead_units"] = dead / sum(self.groups)
-        if penalties:
+        if penalties and self.strengths is None:
             values["l1_penalty"] = self.l1 * abs_sum
             values["l2_penalty"] = self.l2 / 2 * sq_sum
             values["group_l1_penalty"] = self.group_l1 * group_norm_sum
+        elif penalties and self.strengths is not None:
+            pairs = list(zip(self.strengths, rows, strict=True))
+            values["l1_penalty"] = math.fsum(strength.l1 * row[0] for strength, row in pairs)
+            values["l2_penalty"] = math.fsum(strength.l2 / 2 * row[1] for strength, row in pairs)
+            values["group_l1_penalty"] = math.fsum(strength.group_l1 * row[4] for strength, row in pairs)
+        if penalties:
             values["l1_strength"] = self.l1
         if per_parameter:
             for name, numel, groups, row in zip(self.names, self.numels, self.groups, rows, strict=True):
@@ -439,3 +527,10 @@ class WeightStatistics:
                 values[f"l1_norm/{name}"] = row[0]
                 values[f"dead_units/{name}"] = row[5] / groups
         return values
+
+
+def _still_valid(prepared: tuple[list[int], list[int], Tensor] | None, params: list[Tensor]) -> Tensor | None:
+    """The sum :meth:`Regularizer.prepare_penalty` computed, if ``params`` are still the weights it read."""
+    if prepared is None or prepared[0] != [id(p) for p in params]:
+        return None
+    return prepared[2] if prepared[1] == [p._version for p in params] else None

@@ -1,19 +1,24 @@
-"""Which parameters are regularized: the one rule every other part of the package uses.
+"""Which parameters are regularized, and how strongly: the one rule every other part of the package uses.
 
 The rule is the tutorial's, made precise. A parameter is regularized when it
 
 - is trainable (``requires_grad``) and floating point,
-- has ``dim() > 1`` (weight matrices and kernels, not biases or norm scales),
+- has ``dim() > 1`` (weight matrices and kernels, not biases or norm scales), or is matched by a
+  ``rules`` pattern (an explicit opt-in, whatever its ``dim()``),
 - matches no ``exclude`` glob under any of its names, and
 - is not named by the model's ``no_weight_decay()`` (the timm convention), if the model defines one.
 
+Each regularized parameter gets its strengths (``l1``, ``l2``, ``group_l1``) from the first rule whose
+pattern matches one of its names, each strength the rule omits falling back to the module-wide value;
+a parameter no rule matches gets the module-wide values.
+
 A parameter shared by several modules (tied weights) is one parameter: it is counted once, under the
-first name ``named_parameters()`` gives it, and excluded if any of its names is excluded.
+first name ``named_parameters()`` gives it, and excluded (or matched by a rule) if any of its names is.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
@@ -24,6 +29,21 @@ _FSDP1_FLATTENED = "_fsdp_flattened"
 
 
 @dataclass(frozen=True)
+class Strengths:
+    """The strengths one parameter is regularized with.
+
+    Attributes:
+        l1: of the term ``l1 * sum|w|``.
+        l2: of the term ``l2 / 2 * sum w^2`` (the optimizer's ``weight_decay``).
+        group_l1: of the term ``group_l1 * sum_g ||w_g||_2``.
+    """
+
+    l1: float = 0.0
+    l2: float = 0.0
+    group_l1: float = 0.0
+
+
+@dataclass(frozen=True)
 class Selection:
     """The trainable parameters of a model, split by the rule above.
 
@@ -31,22 +51,40 @@ class Selection:
         regularized: ``(name, parameter)`` pairs that are regularized, in ``named_parameters()`` order.
         others: the remaining trainable ``(name, parameter)`` pairs.
         unmatched: the ``exclude`` patterns that matched no parameter name (likely typos).
+        strengths: the strengths of each regularized parameter, in the order of ``regularized``.
+        rule_of: the ``rules`` pattern each regularized parameter's strengths come from (``None``: the
+            module-wide values), in the order of ``regularized``.
+        unmatched_rules: the ``rules`` patterns that matched no parameter name (likely typos).
     """
 
     regularized: tuple[tuple[str, nn.Parameter], ...]
     others: tuple[tuple[str, nn.Parameter], ...]
     unmatched: tuple[str, ...]
+    strengths: tuple[Strengths, ...] = ()
+    rule_of: tuple[str | None, ...] = ()
+    unmatched_rules: tuple[str, ...] = ()
 
 
-def select_parameters(model: nn.Module, exclude: Iterable[str] = ()) -> Selection:
-    """Split ``model``'s trainable parameters into the regularized ones and the rest.
+def select_parameters(
+    model: nn.Module,
+    exclude: Iterable[str] = (),
+    rules: Mapping[str, Mapping[str, float]] | None = None,
+    defaults: Strengths = Strengths(),
+    group_by: str = "rows",
+) -> Selection:
+    """Split ``model``'s trainable parameters into the regularized ones and the rest, with strengths.
 
     Args:
         model: any ``torch.nn.Module``.
         exclude: glob patterns (``fnmatch`` syntax, ``*`` crosses dots) over parameter names.
+        rules: glob pattern to some of ``l1``, ``l2``, ``group_l1`` (already validated, see
+            :func:`~lightning_reg.options.check_rules`); the first match wins.
+        defaults: the module-wide strengths, for parameters no rule matches and keys a rule omits.
+        group_by: ``"rows"`` or ``"columns"``: what ``group_l1`` groups, to refuse what cannot be grouped.
 
     Raises:
-        ValueError: a parameter was flattened by FSDP1, which hides the shapes the rule needs.
+        ValueError: a parameter was flattened by FSDP1, which hides the shapes the rule needs; a rule
+            gives ``group_l1 > 0`` to a 0-D parameter, or to a 1-D one with ``group_by="columns"``.
 
     >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
     >>> chosen = select_parameters(model, exclude=["2.*"])
@@ -54,8 +92,12 @@ def select_parameters(model: nn.Module, exclude: Iterable[str] = ()) -> Selectio
     ['0.weight']
     >>> [name for name, _ in chosen.others]
     ['0.bias', '2.weight', '2.bias']
+    >>> chosen = select_parameters(model, rules={"2.*": {"l1": 0.5}}, defaults=Strengths(l1=0.1, l2=0.2))
+    >>> [(name, s.l1, s.l2) for (name, _), s in zip(chosen.regularized, chosen.strengths)]
+    [('0.weight', 0.1, 0.2), ('2.weight', 0.5, 0.2), ('2.bias', 0.5, 0.2)]
     """
     patterns = tuple(exclude)
+    rule_items = tuple((rules or {}).items())
     aliases: dict[int, list[str]] = {}
     first: dict[int, nn.Parameter] = {}
     for name, param in model.named_parameters(remove_duplicate=False):
@@ -64,8 +106,11 @@ def select_parameters(model: nn.Module, exclude: Iterable[str] = ()) -> Selectio
 
     skip = _no_weight_decay_names(model)
     matched: set[str] = set()
+    matched_rules: set[str] = set()
     regularized: list[tuple[str, nn.Parameter]] = []
     others: list[tuple[str, nn.Parameter]] = []
+    strengths: list[Strengths] = []
+    rule_of: list[str | None] = []
     for key, param in first.items():
         if not param.requires_grad:
             continue
@@ -79,13 +124,54 @@ def select_parameters(model: nn.Module, exclude: Iterable[str] = ()) -> Selectio
         names = aliases[key]
         hits = {pattern for pattern in patterns for name in names if fnmatchcase(name, pattern)}
         matched |= hits
-        eligible = param.is_floating_point() and param.dim() > 1
+        rule_hits = [pattern for pattern, _ in rule_items if any(fnmatchcase(n, pattern) for n in names)]
+        matched_rules.update(rule_hits)
+        rule = rule_hits[0] if rule_hits else None
+        eligible = param.is_floating_point() and (param.dim() > 1 or rule is not None)
         if eligible and not hits and skip.isdisjoint(names):
+            given = dict(rules[rule]) if rules is not None and rule is not None else {}
+            strength = Strengths(
+                l1=given.get("l1", defaults.l1),
+                l2=given.get("l2", defaults.l2),
+                group_l1=given.get("group_l1", defaults.group_l1),
+            )
+            _check_groupable(names[0], param, strength, rule, "group_l1" in given, group_by)
             regularized.append((names[0], param))
+            strengths.append(strength)
+            rule_of.append(rule)
         else:
             others.append((names[0], param))
     unmatched = tuple(pattern for pattern in patterns if pattern not in matched)
-    return Selection(tuple(regularized), tuple(others), unmatched)
+    unmatched_rules = tuple(pattern for pattern, _ in rule_items if pattern not in matched_rules)
+    return Selection(
+        tuple(regularized), tuple(others), unmatched, tuple(strengths), tuple(rule_of), unmatched_rules
+    )
+
+
+def _check_groupable(
+    name: str, param: nn.Parameter, strength: Strengths, rule: str | None, own: bool, group_by: str
+) -> None:
+    """Refuse a group term on a parameter that has no groups along ``group_by``.
+
+    Only a rule can select a parameter with ``dim() < 2``. Such a parameter's rows are its single
+    entries; a 0-D parameter has no rows and a 1-D one no columns.
+    """
+    if strength.group_l1 == 0 or param.dim() >= 2 or (param.dim() == 1 and group_by == "rows"):
+        return
+    source = (
+        f"rules[{rule!r}]['group_l1']" if own else f"the module-wide group_l1, which rules[{rule!r}] keeps,"
+    )
+    missing = "no groups" if param.dim() == 0 else "no columns for group_by='columns'"
+    hint = (
+        ""
+        if param.dim() == 0
+        else ", or group_by='rows' (the groups of a 1-D parameter are then its entries)"
+    )
+    raise ValueError(
+        f"Invalid rules[{rule!r}]: it selects {name!r}, a {param.dim()}-D parameter, and {source} gives it "
+        f"group_l1={strength.group_l1!r}, but a {param.dim()}-D parameter has {missing}. "
+        f"Set 'group_l1': 0.0 in the rule{hint}."
+    )
 
 
 def _no_weight_decay_names(model: nn.Module) -> frozenset[str]:

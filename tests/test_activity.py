@@ -156,7 +156,7 @@ def test_manual_optimization_adds_the_activity_penalty_the_user_asks_for() -> No
 
 
 def test_the_monitor_logs_the_term_of_the_step(tmp_path: Path) -> None:
-    x, y = regression_data().tensors
+    x, _ = regression_data().tensors
     model = RegRegression(activity_l1={"net.1": STRENGTH})
     logger = CSVLogger(tmp_path)
     trainer = quiet_trainer(

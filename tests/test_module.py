@@ -41,6 +41,7 @@ DEFAULT_OPTIONS = {
     "l2_mode": "weight_decay",
     "l1_warmup_steps": 0,
     "activity_l1": {},
+    "rules": {},
 }
 
 
