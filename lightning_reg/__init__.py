@@ -5,13 +5,16 @@ from lightning_reg.monitor import RegularizationMonitor
 from lightning_reg.options import RegularizationOptions
 from lightning_reg.regularizer import Regularizer, WeightStatistics
 from lightning_reg.shrink import shrink
+from lightning_reg.sweep import SweepResult, sweep
 
 __all__ = [
     "RegularizationMonitor",
     "RegularizationOptions",
     "RegularizedModule",
     "Regularizer",
+    "SweepResult",
     "WeightStatistics",
     "shrink",
+    "sweep",
 ]
 __version__ = "0.1.0"
