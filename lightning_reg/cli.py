@@ -53,7 +53,7 @@ def _strength(text: str) -> float:
 
 def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``lightning-reg sweep`` to its subcommand parser."""
-    from lightning_reg.demo import _png_path, _positive_int, _seed
+    from lightning_reg.demo import parse_png_path, parse_positive_int, parse_seed
 
     parser.description = (
         "Train the demo's MLP (scikit-learn's digits, 200 training images) once per point of a grid of "
@@ -84,18 +84,18 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--epochs",
-        type=_positive_int,
+        type=parse_positive_int,
         default=SWEEP_EPOCHS,
         help=f"full-batch epochs per point (default {SWEEP_EPOCHS})",
     )
     parser.add_argument(
         "--seed",
-        type=_seed,
+        type=parse_seed,
         default=0,
         help="seed of the split, the weights and (without --storage) the sampler (default 0)",
     )
     parser.add_argument(
-        "--n-trials", type=_positive_int, metavar="N", help="search with Optuna: run N trials"
+        "--n-trials", type=parse_positive_int, metavar="N", help="search with Optuna: run N trials"
     )
     parser.add_argument("--sampler", choices=SAMPLERS, help="with --n-trials: random search (default) or TPE")
     parser.add_argument(
@@ -105,7 +105,7 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--study-name", metavar="NAME", help="with --storage: the shared study's name")
     parser.add_argument(
-        "--plot", type=_png_path, metavar="PATH", help="also write the regularization path to PATH (PNG)"
+        "--plot", type=parse_png_path, metavar="PATH", help="also write the regularization path to PATH (PNG)"
     )
 
 
@@ -116,7 +116,7 @@ def run_sweep(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     before the data are loaded; a missing optional dependency is reported with status 1.
     """
     from lightning_reg import demo
-    from lightning_reg.sweep import _checked, sweep
+    from lightning_reg.sweep import check_arguments, sweep
 
     strengths: dict[str, Any] = {"l1": args.l1, "l2": args.l2, "group_l1": args.group_l1}
     if all(value is None for value in strengths.values()):
@@ -148,9 +148,9 @@ def run_sweep(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return demo.RegularizedDigitsMLP(**point, l1_mode=args.l1_mode, group_by=demo.GROUP_BY)
 
     try:
-        _checked(make_model, strengths, **options)
+        check_arguments(make_model, strengths, **options)
         if args.plot is not None:
-            demo._require("matplotlib.figure")
+            demo.require("matplotlib.figure")
         data = demo.load_digits_split(demo.TRAIN_SIZE, args.seed)
     except ValueError as error:
         parser.error(str(error))

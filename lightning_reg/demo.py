@@ -202,7 +202,7 @@ class MissingDependencyError(ImportError):
     """An optional dependency of the demo is not installed."""
 
 
-def _require(module: str) -> ModuleType:
+def require(module: str) -> ModuleType:
     """Import an optional dependency, or explain how to install it."""
     try:
         return importlib.import_module(module)
@@ -223,9 +223,9 @@ def load_digits_split(train_size: int = TRAIN_SIZE, seed: int = SEED) -> DigitsS
     Raises:
         MissingDependencyError: scikit-learn is not installed.
     """
-    datasets = _require("sklearn.datasets")
-    model_selection = _require("sklearn.model_selection")
-    preprocessing = _require("sklearn.preprocessing")
+    datasets = require("sklearn.datasets")
+    model_selection = require("sklearn.model_selection")
+    preprocessing = require("sklearn.preprocessing")
     x, y = datasets.load_digits(return_X_y=True)
     x_train, x_val, y_train, y_val = model_selection.train_test_split(
         x, y, train_size=train_size, stratify=y, random_state=seed
@@ -519,7 +519,7 @@ def plot_results(results: Sequence[VariantResult], path: str | Path) -> None:
     Raises:
         MissingDependencyError: matplotlib is not installed.
     """
-    figure_module = _require("matplotlib.figure")
+    figure_module = require("matplotlib.figure")
     names = [result.variant.name for result in results]
     positions = list(range(len(results)))
     figure = figure_module.Figure(figsize=(16, 8.5), layout="constrained")
@@ -582,7 +582,7 @@ def describe_setup(data: DigitsSplit, epochs: int, seed: int) -> str:
     )
 
 
-def _positive_int(text: str) -> int:
+def parse_positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -592,7 +592,7 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _seed(text: str) -> int:
+def parse_seed(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -602,7 +602,7 @@ def _seed(text: str) -> int:
     return value
 
 
-def _png_path(text: str) -> Path:
+def parse_png_path(text: str) -> Path:
     path = Path(text)
     if not path.parent.is_dir():
         raise argparse.ArgumentTypeError(
@@ -621,14 +621,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--epochs",
-        type=_positive_int,
+        type=parse_positive_int,
         default=EPOCHS,
         help=f"full-batch epochs per variant (default {EPOCHS})",
     )
     parser.add_argument(
-        "--seed", type=_seed, default=SEED, help=f"seed of the split and the weights (default {SEED})"
+        "--seed", type=parse_seed, default=SEED, help=f"seed of the split and the weights (default {SEED})"
     )
-    parser.add_argument("--plot", type=_png_path, metavar="PATH", help="also write a PNG figure to PATH")
+    parser.add_argument("--plot", type=parse_png_path, metavar="PATH", help="also write a PNG figure to PATH")
     parser.add_argument(
         "--log-dir",
         type=Path,
@@ -642,7 +642,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the demo with the options parsed by :func:`add_arguments`; return the exit status."""
     try:
         if args.plot is not None:
-            _require("matplotlib.figure")
+            require("matplotlib.figure")
         data = load_digits_split(TRAIN_SIZE, args.seed)
     except MissingDependencyError as error:
         print(f"lightning-reg demo: {error}", file=sys.stderr)

@@ -255,7 +255,7 @@ def sweep(
         >>> result.best
         {'l1': 0.001}
     """
-    search = _checked(
+    search = check_arguments(
         make_model,
         {"l1": l1, "l2": l2, "group_l1": group_l1},
         monitor=monitor,
@@ -301,7 +301,7 @@ class _Search:
         return itertools.product(*self.values.values())
 
 
-def _checked(
+def check_arguments(
     make_model: object,
     strengths: Mapping[str, object],
     *,
