@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
@@ -35,18 +33,6 @@ COLUMNS = (
     "seconds",
 )
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(autouse=True)
-def _restore_seed_environment() -> Iterator[None]:
-    """``seed_everything`` sets these variables; give them back as they were after each test."""
-    saved = {name: os.environ.get(name) for name in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS")}
-    yield
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
 
 
 def table_rows(out: str) -> dict[str, list[str]]:

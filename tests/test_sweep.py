@@ -5,12 +5,10 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import math
-import os
 import re
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -71,18 +69,6 @@ def zero_fraction(model: nn.Module) -> float:
     """Exact zeros among the entries of the parameters with dim > 1, counted here."""
     weights = [param for param in model.parameters() if param.dim() > 1]
     return sum(int((param == 0).sum()) for param in weights) / sum(param.numel() for param in weights)
-
-
-@pytest.fixture(autouse=True)
-def _restore_seed_environment() -> Iterator[None]:
-    """``seed_everything`` sets these variables; give them back as they were after each test."""
-    saved = {name: os.environ.get(name) for name in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS")}
-    yield
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
 
 
 def test_grid_rows_are_the_product_measured_on_each_model() -> None:
