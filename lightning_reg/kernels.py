@@ -166,6 +166,30 @@ def _multi_tensor_soft_threshold_(params: Sequence[Tensor], threshold: float) ->
         torch._foreach_sub_(bucket, clamped)
 
 
+@torch.no_grad()
+def soft_threshold_scaled_(param: Tensor, scale: float | Tensor, denominator: Tensor) -> None:
+    """In place, ``w <- sign(w) * max(|w| - t, 0)`` with the per-entry threshold ``t = scale / denominator``.
+
+    The proximal operator of ``t * |w|`` entry by entry, for thresholds that differ per entry (an adaptive
+    optimizer's step sizes). ``denominator`` is positive and shaped like ``param``; it is only read.
+    With a float ``scale`` it takes three passes and one temporary: ``d * w`` is soft-thresholded by
+    ``scale`` and divided by ``d`` again (an entry becomes exactly ``0`` where ``|d * w| <= scale``); a
+    0-dim tensor ``scale`` (a step count or a skipped step that lives on the device) is clamped instead.
+
+    >>> w = torch.tensor([-1.5, -0.2, 0.3, 2.0])
+    >>> soft_threshold_scaled_(w, 1.0, torch.tensor([1.0, 1.0, 2.0, 4.0]))
+    >>> w
+    tensor([-0.5000, -0.0000,  0.0000,  1.7500])
+    """
+    if isinstance(scale, Tensor):
+        threshold = scale / denominator
+        param.sub_(torch.clamp(param, min=threshold.neg(), max=threshold))
+        return
+    scaled = torch.mul(param, denominator)
+    torch.ops.aten.softshrink.out(scaled, scale, out=scaled)
+    torch.div(scaled, denominator, out=param)
+
+
 def _multi(params: Sequence[Tensor], multi_tensor: bool | None) -> bool:
     return prefer_multi_tensor(params) if multi_tensor is None else multi_tensor
 

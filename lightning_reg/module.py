@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from torch import Tensor
 from torch.optim import Optimizer
 
-from lightning_reg.options import GroupBy, L1Mode, L2Mode, RegularizationOptions
+from lightning_reg.options import GroupBy, L1Mode, L2Mode, ProximalThreshold, RegularizationOptions
 from lightning_reg.regularizer import Regularizer
 
 if TYPE_CHECKING:
@@ -154,10 +154,12 @@ class RegularizedModule(_Base):
     - ``configure_optimizers``: with ``l2_mode="weight_decay"`` and ``l2 > 0``, every returned
       optimizer's groups are split into ``W`` (``weight_decay=l2``) and the rest (``weight_decay=0``),
       named ``decay`` / ``no_decay``; schedulers returned with it keep driving every group. With
-      ``l2 == 0`` the groups are left as built. ``l1_mode="proximal"`` soft-thresholds ``W`` by
-      ``lr * l1`` (and block-shrinks its groups by ``lr * group_l1``) after every optimizer step;
-      ``l2_mode="decoupled"`` multiplies ``W`` by ``1 - lr * l2`` right before every update (Adam then
-      is AdamW). ``lr`` is the learning rate of the group holding the weight at that step.
+      ``l2 == 0`` the groups are left as built. ``l1_mode="proximal"`` soft-thresholds each entry of
+      ``W`` by ``s * l1`` (and block-shrinks its groups by ``group_l1`` in the metric of ``s``) after
+      every optimizer step, ``s`` being the step the optimizer has just applied to that entry's gradient
+      (``proximal_threshold``); ``l2_mode="decoupled"`` multiplies ``W`` by ``1 - lr * l2`` right before
+      every update (Adam then is AdamW). ``lr`` is the learning rate of the group holding the weight at
+      that step.
     - The options are saved in ``hparams``, so ``load_from_checkpoint`` rebuilds the same regularization.
 
     Args:
@@ -180,12 +182,19 @@ class RegularizedModule(_Base):
             matched parameter is regularized even with ``dim() <= 1``; ``exclude`` beats rules. With
             several distinct ``l2``, the decay groups are ``decay`` (the module-wide ``l2``) and
             ``decay/<l2>`` (the others); a rule's ``l2=0`` puts its parameters in ``no_decay``.
+        proximal_threshold: ``"optimizer"`` (default): the proximal step's ``s`` is read from the
+            optimizer's state (SGD with or without momentum, Adam, AdamW, NAdam, RAdam, Adamax, RMSprop,
+            Adagrad; see :mod:`~lightning_reg.step_sizes`), so that training lands on the minimiser of
+            ``loss + l1 * sum|w| + group_l1 * sum_g ||w_g||``; ``"lr"``: ``s = lr`` (ISTA), for any
+            optimizer, exact for plain SGD only.
         *args, **kwargs: passed on to the next class's ``__init__``.
 
     Raises:
         ValueError: at construction, for a negative, NaN, infinite or non-numeric strength, a bad
             ``exclude``, mode, ``group_by`` or ``rules``; when ``configure_optimizers`` runs, for an
-            optimizer that cannot carry the L2 mode (no ``weight_decay``, or its own decay of ``W``), and
+            optimizer that cannot carry the L2 mode (no ``weight_decay``, or its own decay of ``W``), for
+            one whose step sizes are unknown under ``l1_mode="proximal"`` with
+            ``proximal_threshold="optimizer"``, and
             for a rule giving ``group_l1 > 0`` to a parameter without groups (0-D; 1-D with
             ``group_by="columns"``).
         TypeError: at class creation, when the mixin is placed after a ``LightningModule`` in the bases.
@@ -224,6 +233,7 @@ class RegularizedModule(_Base):
         l1_warmup_steps: int = 0,
         activity_l1: Mapping[str, float] | None = None,
         rules: Mapping[str, Mapping[str, float]] | None = None,
+        proximal_threshold: ProximalThreshold = "optimizer",
         **kwargs: Any,
     ) -> None:
         self._reg_options = RegularizationOptions(
@@ -237,6 +247,7 @@ class RegularizedModule(_Base):
             l1_warmup_steps=l1_warmup_steps,
             activity_l1=activity_l1,
             rules=rules,
+            proximal_threshold=proximal_threshold,
         )
         self._regularizer: Regularizer | None = None
         self._reg_active: set[str] = set()

@@ -15,10 +15,12 @@ from typing import Any, Literal
 L1Mode = Literal["loss", "proximal"]
 L2Mode = Literal["weight_decay", "loss", "decoupled"]
 GroupBy = Literal["rows", "columns"]
+ProximalThreshold = Literal["optimizer", "lr"]
 
 L1_MODES: tuple[L1Mode, ...] = ("loss", "proximal")
 L2_MODES: tuple[L2Mode, ...] = ("weight_decay", "loss", "decoupled")
 GROUP_BY: tuple[GroupBy, ...] = ("rows", "columns")
+PROXIMAL_THRESHOLDS: tuple[ProximalThreshold, ...] = ("optimizer", "lr")
 #: The strengths a rule of ``rules`` may set.
 RULE_KEYS = ("l1", "l2", "group_l1")
 
@@ -178,11 +180,17 @@ class RegularizationOptions:
             pattern matches one of its names, each key the rule omits falling back to the module-wide
             value. A parameter a rule matches is regularized even with ``dim() <= 1`` (an explicit
             opt-in); ``exclude`` and ``no_weight_decay()`` beat rules.
+        proximal_threshold: how far the proximal step (``l1_mode="proximal"``) shrinks each entry:
+            ``"optimizer"`` (default) by the strength times the step the optimizer has just applied to
+            that entry's gradient (see :mod:`~lightning_reg.step_sizes`), so that training converges to
+            the minimiser of ``loss + l1 * sum|w| + group_l1 * sum_g ||w_g||`` with Adam, RMSprop,
+            Adagrad or momentum as with plain SGD; ``"lr"`` by ``lr * l1`` (ISTA: exact for plain SGD
+            only), for any optimizer.
 
     >>> RegularizationOptions(l1=1e-5, l2=1e-4, exclude=["*.bias"])  # doctest: +NORMALIZE_WHITESPACE
     RegularizationOptions(l1=1e-05, l2=0.0001, exclude=('*.bias',), l1_mode='loss', group_l1=0.0,
                           group_by='rows', l2_mode='weight_decay', l1_warmup_steps=0, activity_l1={},
-                          rules={})
+                          rules={}, proximal_threshold='optimizer')
     >>> RegularizationOptions(l1=float("nan"))
     Traceback (most recent call last):
     ...
@@ -199,6 +207,7 @@ class RegularizationOptions:
     l1_warmup_steps: int = 0
     activity_l1: Mapping[str, float] | None = None
     rules: Mapping[str, Mapping[str, float]] | None = None
+    proximal_threshold: ProximalThreshold = "optimizer"
 
     def __post_init__(self) -> None:
         checked = {
@@ -212,6 +221,9 @@ class RegularizationOptions:
             "l1_warmup_steps": check_count("l1_warmup_steps", self.l1_warmup_steps),
             "activity_l1": check_strengths("activity_l1", self.activity_l1),
             "rules": check_rules("rules", self.rules),
+            "proximal_threshold": check_choice(
+                "proximal_threshold", self.proximal_threshold, PROXIMAL_THRESHOLDS
+            ),
         }
         for name, value in checked.items():
             object.__setattr__(self, name, value)

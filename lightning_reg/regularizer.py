@@ -13,22 +13,23 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from lightning_reg import kernels, step_hooks
+from lightning_reg import kernels, step_hooks, step_sizes
 from lightning_reg.activity import ActivityPenalty
 from lightning_reg.deferred import l1_term
-from lightning_reg.options import GroupBy, L1Mode, L2Mode, RegularizationOptions
+from lightning_reg.options import GroupBy, L1Mode, L2Mode, ProximalThreshold, RegularizationOptions
 from lightning_reg.param_groups import check_no_own_decay, decay_groups, split_optimizer
 from lightning_reg.penalties import (
     STATISTICS_COLUMNS,
     group_count,
     group_l1_norm,
     group_shrink_,
+    group_shrink_scaled_,
     l1_norm,
     squared_norm,
     weight_statistics,
 )
 from lightning_reg.selection import Selection, Strengths, select_parameters
-from lightning_reg.sharding import add_, is_sharded
+from lightning_reg.sharding import add_, is_sharded, local
 
 #: Default threshold below which a weight counts as "near zero" in the statistics.
 NEAR_ZERO_TOL = 1e-3
@@ -53,8 +54,9 @@ class Regularizer:
       ``W`` ``weight_decay=l2`` when ``l2_mode="weight_decay"`` (one group per distinct ``l2_p``, see
       :func:`~lightning_reg.param_groups.decay_names`); :meth:`attach` also installs the
       step-bound updates of the other modes: ``w <- w * (1 - lr * l2)`` right before each update
-      (``"decoupled"``) and the proximal operators of the L1 and group terms right after it
-      (``"proximal"``), with ``lr`` the learning rate of the group holding ``w`` at that step.
+      (``"decoupled"``), with ``lr`` the learning rate of the group holding ``w`` at that step, and
+      the proximal operators of the L1 and group terms right after it (``"proximal"``), for the step
+      the update applied to each entry (see :meth:`proximal_step`).
 
     Args:
         model: the module whose parameters are regularized.
@@ -75,6 +77,8 @@ class Regularizer:
             rule matching a parameter gives its strengths, the keys it omits falling back to the
             module-wide values; a matched parameter is regularized whatever its ``dim()``; ``exclude``
             and ``no_weight_decay()`` beat rules.
+        proximal_threshold: ``"optimizer"`` (default) or ``"lr"``: the step ``s`` of
+            :meth:`proximal_step`, read from the optimizer's state or taken to be the learning rate.
 
     Attributes:
         step: the index of the optimizer step being taken, from 0; only the L1 warm-up reads it.
@@ -121,6 +125,7 @@ class Regularizer:
         l1_warmup_steps: int = 0,
         activity_l1: Mapping[str, float] | None = None,
         rules: Mapping[str, Mapping[str, float]] | None = None,
+        proximal_threshold: ProximalThreshold = "optimizer",
     ) -> None:
         self.options = RegularizationOptions(
             l1=l1,
@@ -133,6 +138,7 @@ class Regularizer:
             l1_warmup_steps=l1_warmup_steps,
             activity_l1=activity_l1,
             rules=rules,
+            proximal_threshold=proximal_threshold,
         )
         options = self.options
         self.selection: Selection = select_parameters(
@@ -344,8 +350,10 @@ class Regularizer:
           their loss-mode gradient this way (see :meth:`penalty`).
 
         Raises:
-            ValueError: see :func:`~lightning_reg.param_groups.split_optimizer`; and for a non-zero
-                ``weight_decay`` on ``W`` with ``l2_mode`` ``"loss"`` or ``"decoupled"``.
+            ValueError: see :func:`~lightning_reg.param_groups.split_optimizer`; for a non-zero
+                ``weight_decay`` on ``W`` with ``l2_mode`` ``"loss"`` or ``"decoupled"``; and for an
+                optimizer whose step sizes are unknown, with ``l1_mode="proximal"`` and
+                ``proximal_threshold="optimizer"`` (:func:`~lightning_reg.step_sizes.check_supported`).
         """
         options = self.options
         l2 = options.l2 > 0 or self._has_l2
@@ -361,6 +369,8 @@ class Regularizer:
         if options.l2_mode == "decoupled" and self._has_l2:
             before.append(self.decoupled_decay)
         proximal = options.l1_mode == "proximal" and (self._has_l1 or self._has_group_l1)
+        if proximal and options.proximal_threshold == "optimizer":
+            step_sizes.check_supported(optimizer)
         step_hooks.attach(optimizer, before=before, after=[self.proximal_step] if proximal else [])
 
     def add_penalty_gradient(self, optimizer: Optimizer, *, sharded_only: bool = False) -> None:
@@ -372,7 +382,7 @@ class Regularizer:
         """
         params = [
             param
-            for _, group in self._by_group(optimizer)
+            for _, _, group in self._by_group(optimizer)
             for param in group
             if not sharded_only or is_sharded(param)
         ]
@@ -406,38 +416,79 @@ class Regularizer:
         What AdamW does before its update; called by the hook :meth:`attach` installs. ``l2`` is each
         weight's own.
         """
-        for lr, params in self._by_group(optimizer):
+        for lr, params in self._lr_by_group(optimizer):
             for strength, group in self._by_strength(params, "l2"):
                 kernels.scale_(group, 1 - lr * strength)
 
     @torch.no_grad()
     def proximal_step(self, optimizer: Optimizer) -> None:
-        """Apply the proximal operators of the L1 and group terms, with each group's learning rate.
+        """Apply the proximal operators of the L1 and group terms after the optimizer's update.
 
-        ``w <- sign(w) * max(|w| - lr * l1, 0)``, then ``w_g <- w_g * max(0, 1 - lr * group_l1 / ||w_g||)``:
-        together the exact proximal operator of ``l1 * |w| + group_l1 * ||w_g||`` (sparse group lasso).
-        Only ``W`` that has a gradient at this step is touched, as the optimizer touches only those.
+        Each ``w`` of ``W`` that has a gradient at this step is soft-thresholded, ``w <- sign(w) *
+        max(|w| - s * l1, 0)``, and then each group block-shrunk by ``s * group_l1`` in the metric of
+        ``s``: together the exact proximal operator of ``l1 * |w| + group_l1 * ||w_g||`` (sparse group
+        lasso) for the step ``s`` the update applied to that entry. With ``proximal_threshold=
+        "optimizer"`` ``s`` is read from the optimizer's state
+        (:func:`~lightning_reg.step_sizes.step_size`); with ``"lr"`` it is the group's learning rate.
         ``l1`` (with the warm-up's ramp) and ``group_l1`` are each weight's own.
         """
-        options = self.options
-        ramp = options.l1_ramp(self.step)
-        for lr, params in self._by_group(optimizer):
-            for strength, group in self._by_strength(params, "l1"):
-                kernels.soft_threshold_(group, lr * (strength * ramp))
-            for strength, group in self._by_strength(params, "group_l1"):
-                for param in group:
-                    group_shrink_(param, lr * strength, options.group_by)
+        ramp = self.options.l1_ramp(self.step)
+        by_optimizer = self.options.proximal_threshold == "optimizer"
+        for group, taken, params in self._by_group(optimizer):
+            sizes = [
+                step_sizes.step_size(optimizer, group, param)
+                if by_optimizer
+                else step_sizes.StepSize(group["lr"], None)
+                for param in params
+            ]
+            uniform: dict[Any, tuple[float | Tensor, list[Tensor]]] = {}  # params that took one step
+            for param, size in zip(params, sizes, strict=True):
+                if size.denominator is not None:
+                    self._shrink_per_entry(param, size, taken, ramp)
+                else:
+                    key = size.scale if isinstance(size.scale, float) else id(size.scale)
+                    uniform.setdefault(key, (size.scale, []))[1].append(param)
+            for scale, same in uniform.values():  # one list each: the multi-tensor kernels
+                self._shrink_uniformly(same, scale if isinstance(taken, float) else scale * taken, ramp)
 
-    def _by_group(self, optimizer: Optimizer) -> Iterable[tuple[Any, list[Tensor]]]:
-        """``(lr, the params of W in the group that have a gradient)`` for each group of ``optimizer``.
+    def _shrink_uniformly(self, params: list[Tensor], scale: float | Tensor, ramp: float) -> None:
+        """The proximal step of ``params``, which all took the step ``scale``."""
+        for strength, group in self._by_strength(params, "l1"):
+            kernels.soft_threshold_(group, scale * (strength * ramp))
+        for strength, group in self._by_strength(params, "group_l1"):
+            for param in group:
+                group_shrink_(param, scale * strength, self.options.group_by)
 
-        ``lr`` is ``0`` (as a device tensor) in a step a fused optimizer skips for inf gradients.
+    def _shrink_per_entry(
+        self, param: Tensor, size: step_sizes.StepSize, taken: float | Tensor, ramp: float
+    ) -> None:
+        """The proximal step of one parameter whose entries took the steps ``size``."""
+        assert size.denominator is not None
+        strengths = self._strength_of[id(param)]
+        scale = size.scale if isinstance(taken, float) else size.scale * taken
+        denominator = local(size.denominator)
+        if strengths.l1 > 0:
+            kernels.soft_threshold_scaled_(local(param), scale * (strengths.l1 * ramp), denominator)
+        if strengths.group_l1 > 0:
+            steps = scale / denominator
+            group_shrink_scaled_(param, strengths.group_l1, steps, self.options.group_by)
+
+    def _by_group(self, optimizer: Optimizer) -> Iterable[tuple[dict[str, Any], float | Tensor, list[Tensor]]]:
+        """``(group, taken, the params of W in it that have a gradient)`` for each group of ``optimizer``.
+
+        ``taken`` is ``1.0``, or a device tensor that is ``0`` in a step a fused optimizer skips for inf
+        gradients (:func:`~lightning_reg.step_hooks.step_taken`).
         """
         chosen, taken = self._chosen_ids, step_hooks.step_taken(optimizer)
         for group in optimizer.param_groups:
             params = [p for p in group["params"] if id(p) in chosen and p.grad is not None]
             if params:
-                yield (group["lr"] if isinstance(taken, float) else group["lr"] * taken), params
+                yield group, taken, params
+
+    def _lr_by_group(self, optimizer: Optimizer) -> Iterable[tuple[Any, list[Tensor]]]:
+        """``(lr, params)`` as :meth:`_by_group` gives them, ``lr`` times ``taken``."""
+        for group, taken, params in self._by_group(optimizer):
+            yield (group["lr"] if isinstance(taken, float) else group["lr"] * taken), params
 
     def statistics(self, near_zero_tol: float = NEAR_ZERO_TOL) -> WeightStatistics:
         """Norms and zero counts of ``W``, as tensors on the weights' device (no host synchronisation)."""

@@ -53,24 +53,33 @@ def group_squares(param: Tensor, group_by: str, dtype: torch.dtype | None = None
     Not differentiable for sharded parameters (it reads their pieces); used for statistics and the
     proximal step, which run without autograd.
     """
-    axis = 0 if group_by == "rows" else 1
     piece = local(param)
-    other_dims = [dim for dim in range(piece.dim()) if dim != axis]
     piece = piece if dtype is None else piece.to(dtype)
-    squares = piece.square().sum(dim=other_dims) if other_dims else piece.square()
-    if not is_sharded(param):
-        return squares
+    return group_sums(piece.square(), param, group_by)
+
+
+def group_sums(values: Tensor, like: Tensor, group_by: str, dtype: torch.dtype | None = None) -> Tensor:
+    """The sum of ``values`` over every group ``g`` of ``like``, over all pieces: one entry per group.
+
+    ``values`` is shaped like this process's piece of ``like`` (``like`` itself when it is not sharded),
+    one value per entry; the sums are accumulated in ``dtype`` (default: that of ``values``).
+    """
+    axis = 0 if group_by == "rows" else 1
+    other_dims = [dim for dim in range(values.dim()) if dim != axis]
+    sums = values.sum(dim=other_dims, dtype=dtype) if other_dims else values.to(dtype or values.dtype)
+    if not is_sharded(like):
+        return sums
     placements: list[Any] = []
-    for placement in param.placements:  # type: ignore[attr-defined]
+    for placement in like.placements:  # type: ignore[attr-defined]
         if isinstance(placement, Shard) and placement.dim == axis:
             placements.append(Shard(0))  # this process holds whole groups, a slice of them
         elif isinstance(placement, Shard):
             placements.append(Partial())  # every process holds part of every group
         else:
             placements.append(Replicate())
-    count = param.shape[axis]
-    mesh = param.device_mesh  # type: ignore[attr-defined]
-    spread = DTensor.from_local(squares, mesh, placements, shape=torch.Size([count]), stride=(1,))
+    count = like.shape[axis]
+    mesh = like.device_mesh  # type: ignore[attr-defined]
+    spread = DTensor.from_local(sums, mesh, placements, shape=torch.Size([count]), stride=(1,))
     full: Tensor = spread.full_tensor()
     return full
 

@@ -42,6 +42,7 @@ DEFAULT_OPTIONS = {
     "l1_warmup_steps": 0,
     "activity_l1": {},
     "rules": {},
+    "proximal_threshold": "optimizer",
 }
 
 
