@@ -3,16 +3,17 @@
     .venv/bin/python benchmarks/step_overhead.py            # the issue's model: 20.07M parameters, ~4 min
     .venv/bin/python benchmarks/step_overhead.py --quick    # a small model, a smoke run
 
-Model: ``layers`` x (``Linear(width, width)`` + ``LayerNorm(width)``), batch 32, SGD, MSE, trained with
-``Trainer.fit``. A step is timed from ``on_train_batch_start`` to ``on_train_batch_end`` after a warm-up.
+Model: ``layers`` x (``Linear(width, width)`` + ``LayerNorm(width)``), batch 32, SGD (Adam for the
+variants marked so), MSE, trained with ``Trainer.fit``. A step is timed from ``on_train_batch_start`` to
+``on_train_batch_end`` after a warm-up.
 
 The timing runs in one process, in ``--rounds`` rounds; each round trains every variant in turn (a new
 model and ``Trainer`` each time) and then measures the floor: one multi-tensor pass ``grads += lam * W``
 over weights of the regularized shapes (read W, read and write the gradients). Within a round, a
-variant's overhead is its median step minus the plain median step, and its ratio is that overhead over
-the round's floor. The table gives the median over rounds, and the quartiles of the overhead: the
-machine this was written on is shared and noisy, and pairing each variant with the plain step of the
-same round removes most of the drift.
+variant's overhead is its median step minus the plain median step with the same optimizer, and its
+ratio is that overhead over the round's floor. The table gives the median over rounds, and the
+quartiles of the overhead: the machine this was written on is shared and noisy, and pairing each
+variant with the plain step of the same round removes most of the drift.
 
 Peak memory comes from a separate run of each variant with glibc told to return every block of 64 KiB
 or more to the system when it is freed (``MALLOC_MMAP_THRESHOLD_=65536``), so that the peak resident
@@ -48,7 +49,14 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "package: l1 + l2 (default modes)": {"l1": 1e-6, "l2": 1e-4},
     "package: proximal l1 + l2": {"l1": 1e-6, "l2": 1e-4, "l1_mode": "proximal"},
     "package: l1 + decoupled l2": {"l1": 1e-6, "l2": 1e-4, "l2_mode": "decoupled"},
+    "plain (Adam)": {"optimizer": "adam"},
+    "package: proximal l1 + l2 (Adam)": {"l1": 1e-6, "l2": 1e-4, "l1_mode": "proximal", "optimizer": "adam"},
 }
+
+
+def baseline(name: str) -> str:
+    """The variant whose step ``name``'s overhead is measured against: plain, with the same optimizer."""
+    return "plain (Adam)" if VARIANTS[name].get("optimizer") == "adam" else "plain"
 
 
 def build(layers: int, width: int) -> nn.Sequential:
@@ -80,6 +88,7 @@ def run_variant(
     warnings.filterwarnings("ignore")
     options = dict(VARIANTS[name])
     seed = options.pop("seed", False)
+    adam = options.pop("optimizer", "sgd") == "adam"
 
     class Plain(L.LightningModule):
         def __init__(self) -> None:
@@ -98,6 +107,8 @@ def run_variant(
             return loss
 
         def configure_optimizers(self) -> torch.optim.Optimizer:
+            if adam:
+                return torch.optim.Adam(self.parameters(), lr=1e-3)
             return torch.optim.SGD(self.parameters(), lr=1e-3, weight_decay=1e-4 if seed else 0.0)
 
     class Regularized(RegularizedModule, Plain):
@@ -217,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     floors = [statistics.median(run["floor_s"] for run in measured.values()) for measured in rounds]
     results: dict[str, dict[str, Any]] = {}
     for name in VARIANTS:
-        overheads = [measured[name]["median_s"] - measured["plain"]["median_s"] for measured in rounds]
+        base = baseline(name)
+        overheads = [measured[name]["median_s"] - measured[base]["median_s"] for measured in rounds]
         results[name] = {
             "median_s": statistics.median(measured[name]["median_s"] for measured in rounds),
             "overhead_s": statistics.median(overheads),
@@ -232,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     largest = max(p.numel() * p.element_size() for p in model.parameters()) / 2**20
     print(
         f"model: {args.layers} x (Linear({args.width}, {args.width}) + LayerNorm({args.width})) = "
-        f"{params / 1e6:.2f}M parameters in {len(list(model.parameters()))} tensors; batch 32; SGD; "
+        f"{params / 1e6:.2f}M parameters in {len(list(model.parameters()))} tensors; batch 32; SGD or Adam; "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.rounds} rounds of "
         f"{args.steps} timed steps"
     )
@@ -247,11 +259,12 @@ def main(argv: list[str] | None = None) -> int:
     print("-" * len(header))
     for name, result in results.items():
         low, _, high = result["quartiles_s"]
-        ratio = "" if name == "plain" else f"{result['ratio']:8.2f}"
-        spread = "" if name == "plain" else f"{low * 1e3:.1f}..{high * 1e3:.1f}"
+        base = results[baseline(name)]
+        ratio = "" if base is result else f"{result['ratio']:8.2f}"
+        spread = "" if base is result else f"{low * 1e3:.1f}..{high * 1e3:.1f}"
         print(
             f"{name:34s} {result['median_s'] * 1e3:8.1f} {result['overhead_s'] * 1e3:12.1f} {spread:>11s} "
-            f"{ratio:>8s} {result['peak_mib']:9.1f} {result['peak_mib'] - plain['peak_mib']:6.1f}"
+            f"{ratio:>8s} {result['peak_mib']:9.1f} {result['peak_mib'] - base['peak_mib']:6.1f}"
         )
     per_step = (monitored["log_s"] + (DEFAULT_LOG_EVERY - 1) * monitored["quiet_s"]) / DEFAULT_LOG_EVERY
     print(

@@ -473,7 +473,9 @@ class Regularizer:
             steps = scale / denominator
             group_shrink_scaled_(param, strengths.group_l1, steps, self.options.group_by)
 
-    def _by_group(self, optimizer: Optimizer) -> Iterable[tuple[dict[str, Any], float | Tensor, list[Tensor]]]:
+    def _by_group(
+        self, optimizer: Optimizer
+    ) -> Iterable[tuple[dict[str, Any], float | Tensor, list[Tensor]]]:
         """``(group, taken, the params of W in it that have a gradient)`` for each group of ``optimizer``.
 
         ``taken`` is ``1.0``, or a device tensor that is ``0`` in a step a fused optimizer skips for inf

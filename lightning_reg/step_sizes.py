@@ -36,7 +36,7 @@ Scalar = float | Tensor
 
 
 class StepSize(NamedTuple):
-    """The step ``scale / denominator`` per unit of gradient; ``denominator`` ``None``: ``scale`` everywhere."""
+    """The step ``scale / denominator`` per unit of gradient (``denominator`` ``None``: ``scale`` for all)."""
 
     scale: Scalar
     denominator: Tensor | None
@@ -84,7 +84,7 @@ def _adam(group: Mapping[str, Any], state: Mapping[str, Any]) -> StepSize:
 
 
 def _nadam(group: Mapping[str, Any], state: Mapping[str, Any]) -> StepSize:
-    """NAdam's two terms, ``(1 - mu_t) / (1 - prod_t) * g + mu_{t+1} / (1 - prod_{t+1}) * m``, at ``m = g``."""
+    """NAdam's ``(1 - mu_t) / (1 - prod_t) * g + mu_{t+1} / (1 - prod_{t+1}) * m`` at ``m = g``."""
     beta1, beta2 = group["betas"]
     step, decay = _count(state["step"]), group["momentum_decay"]
     mu = beta1 * (1.0 - 0.5 * 0.96 ** (step * decay))
@@ -97,7 +97,7 @@ def _nadam(group: Mapping[str, Any], state: Mapping[str, Any]) -> StepSize:
 
 
 def _radam(group: Mapping[str, Any], state: Mapping[str, Any]) -> StepSize:
-    """The rectified step while the variance is tractable (``rho_t > 5``), else the plain ``lr / (1 - beta1**t)``."""
+    """The rectified step while the variance is tractable (``rho_t > 5``), else ``lr / (1 - beta1**t)``."""
     beta1, beta2 = group["betas"]
     step = _count(state["step"])
     correction1, correction2 = 1 - beta1**step, 1 - beta2**step
@@ -163,7 +163,8 @@ def check_supported(optimizer: Optimizer) -> None:
     >>> check_supported(torch.optim.LBFGS([torch.zeros(1, requires_grad=True)]))
     Traceback (most recent call last):
     ...
-    ValueError: Invalid optimizer for proximal_threshold='optimizer': LBFGS (supported: SGD, Adam, AdamW, NAdam, RAdam, Adamax, RMSprop, Adagrad); proximal_threshold='lr' keeps the plain threshold lr * l1
+    ValueError: Invalid optimizer for proximal_threshold='optimizer': LBFGS (supported: SGD, Adam, ...);
+    proximal_threshold='lr' keeps the plain threshold lr * l1
     """
     if type(optimizer) not in RULES:
         names = ", ".join(rule.__name__ for rule in RULES)

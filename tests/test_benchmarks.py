@@ -25,7 +25,8 @@ def run_benchmark(script: str, *arguments: str) -> list[str]:
 def test_step_overhead_runs_and_prints_every_variant() -> None:
     lines = run_benchmark("step_overhead.py", "--quick")
     assert any(line.startswith("floor (grads += lam * W") for line in lines)
-    for variant in ("plain", "seed recipe", "package: l1 + l2", "package: proximal l1 + l2", "decoupled l2"):
+    variants = ("plain", "seed recipe", "package: l1 + l2", "package: proximal l1 + l2", "decoupled l2")
+    for variant in (*variants, "plain (Adam)", "package: proximal l1 + l2 (Adam)"):
         assert any(variant in line for line in lines), variant
     assert any(line.startswith("monitor (RegularizationMonitor") for line in lines)
 

@@ -173,3 +173,43 @@ def test_a_prepared_penalty_is_the_tutorials_and_a_stale_one_is_not_used() -> No
     with torch.no_grad():
         net[0].weight.mul_(2.0)  # after prepare_penalty, before penalty
     assert torch.equal(reg.penalty(), L1 * seed_l1_penalty(net))
+
+
+class RecordScalarReads(RecordOps):
+    """Also keeps each tensor that ``.item()`` (``_local_scalar_dense``) reads back to the host."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.read: list[torch.Tensor] = []
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if "_local_scalar_dense" in str(func):
+            self.read.append(args[0])
+        return super().__torch_dispatch__(func, types, args, kwargs)
+
+
+@pytest.mark.parametrize(
+    "make_optimizer",
+    [
+        lambda params: torch.optim.Adam(params, lr=0.01),
+        lambda params: torch.optim.RMSprop(params, lr=0.01, momentum=0.5, centered=True),
+        lambda params: torch.optim.SGD(params, lr=0.05, momentum=0.9),
+    ],
+    ids=["adam", "rmsprop", "sgd-momentum"],
+)
+def test_the_optimizer_aware_proximal_step_reads_only_the_cpu_step_counts(make_optimizer: Any) -> None:
+    """The step sizes come from the optimizer's state on the weights' device; the only numbers read on
+    the host are the step counts that torch.optim itself keeps on the CPU (and reads) for that reason."""
+    net = make_net()
+    reg = Regularizer(net, l1=L1, group_l1=L1, l1_mode="proximal")
+    optimizer = make_optimizer(reg.param_groups())
+    x, y = regression_data().tensors
+    for _ in range(2):
+        optimizer.zero_grad()
+        nn.functional.mse_loss(net(x), y).backward()
+        optimizer.step()
+    with RecordScalarReads() as recorder:
+        reg.proximal_step(optimizer)
+    assert len(recorder.ops) > 10  # the recorder saw the step's work ...
+    steps = [state["step"] for state in optimizer.state.values() if "step" in state]
+    assert all(any(read is step for step in steps) for read in recorder.read)  # ... and no other read

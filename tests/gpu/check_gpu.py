@@ -8,6 +8,8 @@ compares with the tutorial's recipe run by hand on the same GPU, or expects a do
    optimizer unscales them itself, so the added penalty gradient must be scaled too.
 3. ``l2_mode="decoupled"`` with fused Adam is fused AdamW, step for step.
 4. Lightning's ``FSDPStrategy`` (FSDP1) flattens the parameters: the package must refuse it clearly.
+5. the optimizer-aware proximal step with capturable and fused Adam (step counts on the GPU): no host
+   synchronisation inside ``optimizer.step()``, and the weights of a loop that writes Adam's threshold out.
 
 Prints one line per check and exits non-zero if any fails.
 """
@@ -34,7 +36,7 @@ from helpers import (
     seed_l1_penalty,
 )
 
-from lightning_reg import RegularizedModule
+from lightning_reg import RegularizedModule, Regularizer
 
 L1, L2, LR = 3e-3, 2e-2, 0.01
 
@@ -125,17 +127,60 @@ def check_fsdp1_refused() -> str:
     raise AssertionError("FSDPStrategy was not refused")
 
 
+def check_proximal_capturable_and_fused() -> str:
+    differences = []
+    for flags in ({"capturable": True}, {"fused": True}, {"foreach": True}):
+        net, expected = make_net().cuda(), make_net().cuda()
+        reg = Regularizer(net, l1=L1, l1_mode="proximal")
+        optimizer = torch.optim.Adam(reg.param_groups(), lr=LR, **flags)
+        reg.attach(optimizer)
+        reference = torch.optim.Adam(expected.parameters(), lr=LR)
+        weights = [p for p in expected.parameters() if p.dim() > 1]
+        for x, y in loader(regression_data()):
+            x, y = x.cuda(), y.cuda()
+            optimizer.zero_grad()
+            nn.functional.mse_loss(net(x), y).backward()
+            torch.cuda.set_sync_debug_mode("error")  # any host synchronisation in the step raises
+            try:
+                optimizer.step()
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+            reference.zero_grad()
+            nn.functional.mse_loss(expected(x), y).backward()
+            reference.step()
+            # Adam's step per unit gradient: lr / (1 - b1^t) / (sqrt(v / (1 - b2^t)) + eps)
+            with torch.no_grad():
+                for w in weights:
+                    state = reference.state[w]
+                    t = float(state["step"])
+                    step = LR / (1 - 0.9**t) / ((state["exp_avg_sq"] / (1 - 0.999**t)).sqrt() + 1e-8)
+                    w.copy_(torch.sign(w) * torch.clamp(w.abs() - L1 * step, min=0))
+        pairs = zip(net.parameters(), expected.parameters(), strict=True)
+        difference = max((a - b).abs().max().item() for a, b in pairs)
+        assert difference <= TOLERANCE, f"{flags}: max |diff| {difference:.2e} > {TOLERANCE}"
+        assert any((w == 0).any() for w in weights), "the check needs exact zeros"
+        differences.append(f"{next(iter(flags))} {difference:.1e}")
+    return "max |diff| " + ", ".join(differences)
+
+
 def main() -> int:
     assert torch.cuda.is_available(), "needs a CUDA GPU"
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}")
     failed = 0
-    for check in (check_automatic_amp, check_manual_fused, check_decoupled_fused, check_fsdp1_refused):
+    checks = (
+        check_automatic_amp,
+        check_manual_fused,
+        check_decoupled_fused,
+        check_fsdp1_refused,
+        check_proximal_capturable_and_fused,
+    )
+    for check in checks:
         try:
             print(f"PASS {check.__name__}: {check()}")
         except Exception:
             failed += 1
             print(f"FAIL {check.__name__}:\n{traceback.format_exc()}")
-    print(f"{4 - failed} passed, {failed} failed")
+    print(f"{len(checks) - failed} passed, {failed} failed")
     return 1 if failed else 0
 
 
