@@ -46,17 +46,25 @@ class StepSize(NamedTuple):
         return self.scale if self.denominator is None else self.scale / self.denominator
 
 
-def _count(step: Tensor | float) -> Scalar:
-    """The optimizer's step count as the optimizer itself computes with it, at least ``1``.
+def _value(state_value: Tensor | float) -> Scalar:
+    """A number of the optimizer's state as the optimizer itself computes with it.
 
-    A step count on the CPU is read as a Python number, as torch.optim does outside its capturable
-    path; one on an accelerator (``capturable``, ``fused``) stays a tensor, so that nothing waits on it.
+    One on the CPU is read as a Python number, as torch.optim does outside its capturable path; one on
+    an accelerator (``capturable``, ``fused``) stays a tensor, so that nothing waits on it.
+    """
+    if isinstance(state_value, Tensor) and state_value.device.type != "cpu":
+        return state_value
+    return float(state_value)
+
+
+def _count(step: Tensor | float) -> Scalar:
+    """The optimizer's step count (see :func:`_value`), at least ``1``.
+
     A count of ``0`` remains only after a first step that ``GradScaler`` skipped (a fused optimizer
     takes its count back): that step moves nothing, and the rules only need to stay finite.
     """
-    if isinstance(step, Tensor) and step.device.type != "cpu":
-        return step.clamp_min(1)
-    return max(float(step), 1.0)
+    count = _value(step)
+    return count.clamp_min(1) if isinstance(count, Tensor) else max(count, 1.0)
 
 
 def _sqrt(value: Scalar) -> Scalar:
@@ -89,7 +97,7 @@ def _nadam(group: Mapping[str, Any], state: Mapping[str, Any]) -> StepSize:
     step, decay = _count(state["step"]), group["momentum_decay"]
     mu = beta1 * (1.0 - 0.5 * 0.96 ** (step * decay))
     mu_next = beta1 * (1.0 - 0.5 * 0.96 ** ((step + 1) * decay))
-    product = _count(state["mu_product"])  # already multiplied by mu_t
+    product = _value(state["mu_product"])  # already multiplied by mu_t
     coefficient = (1.0 - mu) / (1.0 - product) + mu_next / (1.0 - product * mu_next)
     correction2 = _sqrt(1 - beta2**step)
     denominator = state["exp_avg_sq"].sqrt().add_(group["eps"] * correction2)

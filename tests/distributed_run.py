@@ -29,6 +29,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "proximal": {"l1": 0.5, "l2": 2e-2, "l1_mode": "proximal", "l2_mode": "decoupled"},
     "group_loss": {"group_l1": 0.05, "group_by": "columns", "l2": 2e-2, "l2_mode": "loss"},
     "group_proximal": {"group_l1": 2.0, "group_by": "columns", "l1_mode": "proximal"},
+    # Adam's per-entry threshold: FSDP2 shards the weights and Adam's exp_avg_sq alike (DTensors)
+    "adam_proximal": {"adam": True, "l1": 0.1, "l1_mode": "proximal"},
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import os
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from distributed_run import BATCH_SIZE, CONFIGS, EPOCHS, WORLD_SIZE
 from helpers import make_net, regression_data, seed_l1_penalty, seed_param_groups
 from torch import nn
 
-LR = 0.05  # LitRegression's SGD learning rate
+LR = 0.05  # LitRegression's learning rate, for SGD and for Adam
 
 
 @pytest.fixture(scope="module", params=["ddp", "fsdp2"])
@@ -49,13 +50,31 @@ def group_norms(w: torch.Tensor) -> torch.Tensor:
     return torch.sqrt(torch.sum(w * w, dim=0))
 
 
+def adam_threshold(optimizer: torch.optim.Optimizer, w: torch.Tensor, l1: float) -> torch.Tensor:
+    """``l1`` times Adam's step per unit of gradient at ``exp_avg = g``, from torch's update rule."""
+    [group], state = optimizer.param_groups, optimizer.state[w]
+    beta1, beta2 = group["betas"]
+    t = float(state["step"])
+    denominator = state["exp_avg_sq"].sqrt() / math.sqrt(1 - beta2**t) + group["eps"]
+    threshold: torch.Tensor = l1 * group["lr"] / (1 - beta1**t) / denominator
+    return threshold
+
+
 def one_process_reference(options: dict[str, Any]) -> nn.Module:
-    """The recipe by hand on one process; DDP and FSDP average the ranks' gradients, so the losses are."""
+    """The recipe by hand on one process; DDP and FSDP average the ranks' gradients, so the losses are.
+
+    With ``adam``, torch's Adam (no groups: ``l2`` is 0 there) and the soft threshold at Adam's step.
+    """
     net = make_net()
     l1, l2, group_l1 = options.get("l1", 0.0), options.get("l2", 0.0), options.get("group_l1", 0.0)
     proximal = options.get("l1_mode") == "proximal"
     l2_mode = options.get("l2_mode", "weight_decay")
-    optimizer = torch.optim.SGD(seed_param_groups(net, l2 if l2_mode == "weight_decay" else 0.0), lr=LR)
+    adam = options.get("adam", False)
+    optimizer: torch.optim.Optimizer = (
+        torch.optim.Adam(net.parameters(), lr=LR)
+        if adam
+        else torch.optim.SGD(seed_param_groups(net, l2 if l2_mode == "weight_decay" else 0.0), lr=LR)
+    )
     weights = [p for p in net.parameters() if p.dim() > 1]
     for per_rank in union_batches():
         optimizer.zero_grad()
@@ -71,7 +90,8 @@ def one_process_reference(options: dict[str, Any]) -> nn.Module:
         optimizer.step()
         with torch.no_grad():
             for w in weights if proximal else []:
-                w.copy_(torch.sign(w) * torch.clamp(w.abs() - LR * l1, min=0))
+                threshold = adam_threshold(optimizer, w, l1) if adam else LR * l1
+                w.copy_(torch.sign(w) * torch.clamp(w.abs() - threshold, min=0))
                 if group_l1 > 0:
                     w.mul_(torch.clamp(1 - LR * group_l1 / group_norms(w), min=0))
     return net
@@ -83,8 +103,9 @@ def test_matches_one_process_on_the_union_of_batches(results: Path, name: str) -
     expected = one_process_reference(CONFIGS[name])
     for key, value in expected.state_dict().items():
         torch.testing.assert_close(trained[key], value, rtol=1e-5, atol=1e-6)
-    if name == "proximal":
+    if name in ("proximal", "adam_proximal"):
         assert (trained["0.weight"] == 0).any(), "the proximal run must have exact zeros"
+        assert torch.equal(trained["0.weight"] == 0, expected.state_dict()["0.weight"] == 0)
     if name == "group_proximal":
         dead = (trained["0.weight"] == 0).all(dim=0).sum() + (trained["3.weight"] == 0).all(dim=0).sum()
         assert 0 < dead < 5 + 16, "the group run must have dead and live input units"
