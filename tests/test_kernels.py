@@ -268,3 +268,54 @@ def test_the_multi_tensor_form_dispatches_as_many_operators_for_many_tensors_as_
     assert few == many <= 3
     # ... where the loop dispatches at least one per tensor, so the count above is not vacuous.
     assert operators_for(WORK[name](False), 64) >= 64
+
+
+SCALED_SCALE = 0.75
+
+
+def scaled_case(dtype: torch.dtype, layout: str, seed: int = 5) -> tuple[Tensor, Tensor]:
+    """Weights and positive denominators spanning 1e-3..1e3, none within 0.1% of its threshold but planted
+    ones: exact zeros, and ``|w| == t`` exactly (dyadic numbers, so that every form of the formula agrees)."""
+    generator = torch.Generator().manual_seed(seed)
+    shape = (6, 4, 3, 2) if layout == "channels_last" else (7, 9)
+    denominator = torch.exp(torch.empty(shape, dtype=torch.float64).uniform_(-7, 7, generator=generator))
+    threshold = SCALED_SCALE / denominator
+    w = torch.randn(shape, dtype=torch.float64, generator=generator) * threshold * 2
+    near = (w.abs() - threshold).abs() < 1e-3 * threshold
+    w = torch.where(near, w.sign() * threshold * 1.5, w)
+    flat_w, flat_d = w.view(-1), denominator.view(-1)
+    flat_w[:3] = 0.0
+    flat_d[3:7] = 4.0
+    flat_w[3:7] = torch.tensor([0.1875, -0.1875, 0.25, -0.125], dtype=torch.float64)  # t = 0.75 / 4
+    w, denominator = w.to(dtype), denominator.to(dtype)
+    if layout == "channels_last":
+        w = w.contiguous(memory_format=torch.channels_last)
+        denominator = denominator.contiguous(memory_format=torch.channels_last)
+    elif layout == "transposed":
+        w, denominator = w.t().contiguous().t(), denominator.t().contiguous().t()
+    return w, denominator
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("as_tensor", [False, True], ids=["float-scale", "tensor-scale"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "transposed"])
+def test_soft_threshold_scaled_is_the_per_entry_formula(
+    dtype: torch.dtype, as_tensor: bool, layout: str
+) -> None:
+    """``sign(w) * max(|w| - scale / d, 0)`` entry by entry, in place, with exact zeros where ``|w| <= t``."""
+    w, denominator = scaled_case(dtype, layout)
+    original, kept = w.to(torch.float64, copy=True), denominator.clone()
+    threshold = SCALED_SCALE / denominator.double()
+    expected = torch.sign(original) * torch.clamp(original.abs() - threshold, min=0)
+    pointer, strides = w.data_ptr(), w.stride()
+    scale: float | Tensor = torch.tensor(SCALED_SCALE, dtype=dtype) if as_tensor else SCALED_SCALE
+    kernels.soft_threshold_scaled_(w, scale, denominator)
+    assert (w.data_ptr(), w.stride(), w.dtype) == (pointer, strides, dtype)  # in place
+    assert torch.equal(denominator, kept)  # only read
+    tolerance = 4 * torch.finfo(dtype).eps * (original.abs() + threshold)
+    assert ((w.double() - expected).abs() <= tolerance).all()
+    assert torch.equal(w == 0, original.abs() <= threshold)
+    assert (w.double() * original >= 0).all()  # never crosses zero
+    zeros = int((w == 0).sum())
+    assert 7 < zeros < w.numel() - 7  # zeros beyond the planted ones, and survivors
+    assert w.reshape(-1)[3:7].tolist() == [0.0, 0.0, 0.0625, 0.0]  # the planted ones, exactly
