@@ -233,7 +233,13 @@ class FusedAdam(RegRegression):
 
 def test_steps_a_fused_optimizer_skips_for_inf_gradients_skip_decay_and_threshold() -> None:
     """init_scale 2**20 overflows float16 at first: GradScaler has the fused optimizer skip those steps."""
-    options = {"l1": 0.5, "l2": 0.1, "l1_mode": "proximal", "l2_mode": "decoupled", "proximal_threshold": "lr"}
+    options = {
+        "l1": 0.5,
+        "l2": 0.1,
+        "l1_mode": "proximal",
+        "l2_mode": "decoupled",
+        "proximal_threshold": "lr",
+    }
     model = FusedAdam(**options)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**20, growth_interval=3)
     trainer = quiet_trainer(max_epochs=2, plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)])
