@@ -435,15 +435,14 @@ class Regularizer:
         ramp = self.options.l1_ramp(self.step)
         by_optimizer = self.options.proximal_threshold == "optimizer"
         for group, taken, params in self._by_group(optimizer):
-            sizes = [
-                step_sizes.step_size(optimizer, group, param)
-                if by_optimizer
-                else step_sizes.StepSize(group["lr"], None)
-                for param in params
-            ]
             uniform: dict[Any, tuple[float | Tensor, list[Tensor]]] = {}  # params that took one step
-            for param, size in zip(params, sizes, strict=True):
-                if size.denominator is not None:
+            for param in params:
+                size = (
+                    step_sizes.step_size(optimizer, group, param)
+                    if by_optimizer
+                    else step_sizes.StepSize(group["lr"], None)
+                )
+                if size.denominator is not None:  # at once: one denominator alive at a time, in cache
                     self._shrink_per_entry(param, size, taken, ramp)
                 else:
                     key = size.scale if isinstance(size.scale, float) else id(size.scale)
