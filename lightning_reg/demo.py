@@ -11,7 +11,9 @@ a user would write it, with a :class:`~lightning_reg.monitor.RegularizationMonit
 validation loss, how many of the regularized weights are exactly zero or below ``1e-3``, and how many
 units are dead (a row of a weight matrix entirely zero: a unit whose incoming weights are all ``0``).
 L1 in the loss, minimised by a gradient method, drives weights towards zero but rarely exactly to it;
-the proximal step sets them exactly to zero, and the group term removes whole units.
+the proximal step sets them exactly to zero, and the group term removes whole units. The proximal step
+thresholds each weight by its strength times the step Adam has just applied to it (the default
+``proximal_threshold="optimizer"``), so its strengths compare with the loss-mode ones.
 
 scikit-learn (the data) and matplotlib (``--plot``) come with the ``demo`` extra and are imported only
 when the demo runs.
@@ -76,43 +78,40 @@ L2_STRENGTH = 1e-3
 #: The L1 strength: ``L1_STRENGTH * sum|w|`` over the weight matrices, added to the training loss.
 L1_STRENGTH = 3e-5
 
-# How the proximal strengths were chosen: the same way (the same plain loop, which gives the demo's
-# numbers for seed 0; seeds 0-4; 200 and 300 epochs; val acc, gap, val loss and sparsity), on their own
-# grids, because the loss-mode strengths do not carry over. After each Adam step the proximal step
-# soft-thresholds every weight by lr * l1, outside Adam's preconditioner, while Adam moves each weight by
-# about lr * |m / sqrt(v)| <= lr whatever the gradient's scale: a weight stays exactly 0 only where that
-# normalised step is below l1. So the strengths that give zeros are of order 0.1-1, 10^4 times the
-# loss-mode ones, and they are not weights of one objective: Adam with a proximal step minimises no fixed
-# "loss + l1 * sum|w|". Means over seeds 0-4 at 200 epochs (gap without regularization: 0.093):
-# - proximal L1 on 1e-3, 3e-3, ..., 1: up to 1e-2 little changes (1e-2: sparsity 0.08, gap 0.091, val
-#   loss 0.86); 3e-2: sparsity 0.24, gap 0.079; 0.1: 0.62, 0.072; 0.2 / 0.3 / 0.5: sparsity 0.90 / 0.94
-#   / 0.96, gap 0.071 / 0.068 / 0.068, val acc 0.929 / 0.932 / 0.932, val loss 0.28 / 0.26 / 0.26: as
-#   good as L1 in the loss (0.067, 0.933, 0.25) with 94 % of the weights exactly 0; at 1 the gap is back
-#   to 0.088 (val acc 0.912), sparsity 0.97. We take 0.3 (a threshold of 6e-4 per step); it narrows
-#   the gap on every seed.
-# - Elastic Net prox, proximal L1 0.3 with weight decay 3e-4, 1e-3, 3e-3, 1e-2: more decay kills more
-#   units but costs accuracy (gap 0.070, 0.072, 0.074, 0.079; dead units 0.33, 0.43, 0.52, 0.59). We
-#   keep the L2 variant's 1e-3, as the loss-mode Elastic Net keeps its parts' strengths: gap 0.072,
-#   val acc 0.928, val loss 0.258, sparsity 0.95, narrower than without on every seed.
-# - proximal group L1 on 0.1, 0.3, 1, 2, 3, 5, 10, over rows (a unit's incoming weights; the output
-#   layer's 10 rows are the classes): up to 1 no row dies (at 1: gap 0.069, val acc 0.931, as good as
-#   L1, but nothing removed); 2: dead units 0.10 (gap 0.070); 3: 0.50 (gap 0.074, val acc 0.926, val loss
-#   0.296, sparsity 0.42; seed 0: 357 and 388 of the first two layers' 512 units, 32 of the third's, no
-#   class); 5: 0.75 (gap 0.077, val acc 0.923); 10 prunes too much (seed 0: 475 of the first layer's 512
-#   units; train acc 0.92, val acc 0.84). We take 3, for units visibly removed: it narrows the gap on
-#   every seed, but less than L1 or L2 (0.074 against 0.067), trading 0.007 of validation accuracy
-#   for half the units. Over columns (a unit's outgoing weights) the same grid removed only the output
-#   layer's 10-entry columns (at 1: 464 of its 512, none in the hidden layers; the shrinkage
-#   lr * group_l1 is the same for every group, whatever its size), so we group by rows, and count dead
-#   units by rows for every variant.
-# At 300 epochs the proximal variants keep pruning at about the same accuracy: L1 prox sparsity 0.97
-# (gap 0.069), Elastic Net prox dead units 0.74 (gap 0.074), group L1 prox dead units 0.80 (gap 0.078).
-# The demo's seed 0 is one of the less favourable seeds for the proximal variants: gap 0.075, 0.073,
-# 0.081 for L1 prox, Elastic Net prox, group L1 prox, against 0.071 for L1 in the loss.
-#: The proximal L1 strength: weights are soft-thresholded by ``LR * PROX_L1_STRENGTH`` after each step.
-PROX_L1_STRENGTH = 0.3
-#: The proximal group strength: each row is shrunk in norm by ``LR * GROUP_L1_STRENGTH`` after each step.
-GROUP_L1_STRENGTH = 3.0
+# How the proximal strengths were chosen: the same way (seeds 0-4, 200 epochs, val acc, gap, val loss
+# and sparsity), with the demo's own train_variant, on log grids of their own. With the default
+# proximal_threshold="optimizer" the threshold of each weight is l1 times the step Adam has just applied
+# to that weight's gradient, so the fixed points are the minimisers of "loss + l1 * sum|w|" (+ the group
+# term) and the strengths compare with the loss-mode ones. Means over seeds 0-4 at 200 epochs (without
+# regularization: gap 0.093, val acc 0.907, val loss 1.17; L1 in the loss at 3e-5: 0.067, 0.933, 0.25):
+# - proximal L1 on 1e-5, 3e-5, 1e-4, 3e-4, 1e-3: gap 0.077 / 0.070 / 0.076 / 0.142 / 0.004, val acc
+#   0.923 / 0.930 / 0.924 / 0.858 / 0.101, val loss 0.32 / 0.26 / 0.28 / 0.62 / 2.30, sparsity 0.66 /
+#   0.85 / 0.95 / 0.98 / 1.00, dead units 0.03 / 0.08 / 0.28 / 0.65 / 1.00 (at 1e-3 every weight is 0:
+#   train and val acc 0.10). We take 3e-5, the best gap of the grid and the loss-mode L1's own strength:
+#   nearly as good as L1 in the loss, with 85 % of the weights exactly 0 instead of none; it narrows the
+#   gap on every seed. 1e-4 gives 95 % zeros for 0.006 more gap.
+# - Elastic Net prox, proximal L1 3e-5 with weight decay 3e-4, 1e-3, 3e-3: gap 0.069, 0.069, 0.071, val
+#   acc 0.931, 0.931, 0.929, sparsity 0.85, 0.86, 0.85, dead units 0.10, 0.15, 0.28. We keep the L2
+#   variant's 1e-3, as the loss-mode Elastic Net keeps its parts' strengths: val loss 0.249, narrower
+#   than without on every seed.
+# - proximal group L1 on 1e-4, 3e-4, 1e-3, 3e-3, 1e-2 (and 5e-4), over rows (a unit's incoming weights;
+#   the output layer's 10 rows are the classes): dead units 0.05 / 0.17 / 0.63 / 0.78 / 1.00 (5e-4:
+#   0.36), gap 0.077 / 0.068 / 0.076 / 0.184 / 0.004 (5e-4: 0.070), val acc 0.923 / 0.932 / 0.924 /
+#   0.816 / 0.101 (5e-4: 0.930), sparsity 0.08 / 0.23 / 0.65 / 0.79 / 1.00. We take 1e-3, for units
+#   visibly removed: the strongest of the grid before accuracy breaks, it narrows the gap on every seed,
+#   but less than L1 or L2 (0.076 against 0.067), trading 0.009 of validation accuracy for 63 % of the
+#   units; 5e-4 removes 36 % of them at L1 prox's accuracy (gap 0.070).
+# At 300 epochs the proximal variants keep pruning at about the same accuracy: L1 prox sparsity 0.92
+# (gap 0.070), Elastic Net prox sparsity 0.93, dead units 0.30 (gap 0.069), group L1 prox dead units
+# 0.81 (gap 0.078). The strengths tuned for the old rule (proximal_threshold="lr": L1 0.3, group 3)
+# zero every weight under the new one (val acc 0.101 on seed 0). The demo's seed 0: gap 0.075, 0.071,
+# 0.073 for L1 prox, Elastic Net prox, group L1 prox, against 0.071 for L1 in the loss.
+#: The proximal L1 strength: after each step every weight is soft-thresholded by ``PROX_L1_STRENGTH``
+#: times the step Adam has just applied to its gradient.
+PROX_L1_STRENGTH = 3e-5
+#: The proximal group strength: after each step each row takes the proximal step of
+#: ``GROUP_L1_STRENGTH * ||row||`` in the metric of Adam's per-weight steps.
+GROUP_L1_STRENGTH = 1e-3
 #: The groups of ``group_l1`` and of the dead-unit count, for every variant: rows (a unit's inputs).
 GROUP_BY: GroupBy = "rows"
 
@@ -664,9 +663,9 @@ def run(args: argparse.Namespace) -> int:
         f"|w| < {NEAR_ZERO_TOL:g};\ndead units: fraction of their {GROUP_BY} (a unit's incoming weights) "
         "entirely 0.\n"
         "L1 in the loss, trained by gradient steps, pushes weights towards 0 (near-zero) but rarely exactly "
-        "to 0.\nl1_mode 'proximal' soft-thresholds them by lr * l1 after each Adam step, outside Adam's "
-        "scaling: exact zeros\n(sparsity), at strengths not comparable with the loss-mode ones; group l1 "
-        "zeroes whole rows (dead units)."
+        "to 0.\nl1_mode 'proximal' soft-thresholds them after each Adam step by l1 times the step Adam "
+        "applied to each weight:\nexact zeros (sparsity), at strengths that compare with the loss-mode "
+        "ones; group l1 zeroes whole rows (dead units)."
     )
     if args.plot is not None:
         plot_results(results, args.plot)
