@@ -437,6 +437,9 @@ class Regularizer:
         for group, taken, params in self._by_group(optimizer):
             uniform: dict[Any, tuple[float | Tensor, list[Tensor]]] = {}  # params that took one step
             for param in params:
+                strengths = self._strength_of[id(param)]
+                if strengths.l1 == 0 and strengths.group_l1 == 0:  # a rule switched both off: no pass
+                    continue
                 size = (
                     step_sizes.step_size(optimizer, group, param)
                     if by_optimizer
