@@ -20,7 +20,7 @@ autograd term: its gradient is returned, or not at all.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -29,6 +29,26 @@ from torch.autograd import Variable
 from lightning_reg import kernels
 
 _will_execute: Callable[[Any], bool] | None = getattr(torch._C, "_will_engine_execute_node", None)
+
+
+class PreparedSum(NamedTuple):
+    """``sum|w|`` of some weights computed ahead of the penalty (``Regularizer.prepare_penalty``)."""
+
+    ids: tuple[int, ...]
+    versions: tuple[int, ...]
+    total: Tensor
+
+    @classmethod
+    def of(cls, params: Sequence[Tensor]) -> PreparedSum:
+        """The sum of ``params`` as they are now."""
+        return cls(tuple(map(id, params)), tuple(p._version for p in params), kernels.abs_sum(params))
+
+    @staticmethod
+    def valid_total(prepared: PreparedSum | None, params: Sequence[Tensor]) -> Tensor | None:
+        """``prepared``'s sum, if ``params`` are the weights it read and none has changed since."""
+        if prepared is None or prepared.ids != tuple(map(id, params)):
+            return None
+        return prepared.total if prepared.versions == tuple(p._version for p in params) else None
 
 
 def l1_term(params: Sequence[Tensor], strength: float, abs_sum: Tensor | None = None) -> Tensor:

@@ -15,7 +15,7 @@ Nothing here records autograd history; callers decide where the results go.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -34,6 +34,22 @@ def prefer_multi_tensor(tensors: Sequence[Tensor]) -> bool:
     False
     """
     return bool(tensors) and all(tensor.device.type in _MULTI_TENSOR_DEVICES for tensor in tensors)
+
+
+def sum_in_order(terms: Iterable[Tensor], device: torch.device | None = None) -> Tensor:
+    """``terms[0] + terms[1] + ...``, added left to right as a loop would; a zero on ``device`` when empty.
+
+    The order fixes the rounding: a sum written as a loop gives the same bits as this.
+
+    >>> sum_in_order([torch.tensor(1.0), torch.tensor(2.0), torch.tensor(3.0)])
+    tensor(6.)
+    >>> sum_in_order([])
+    tensor(0.)
+    """
+    total: Tensor | None = None
+    for term in terms:
+        total = term if total is None else total + term
+    return torch.zeros((), device=device) if total is None else total
 
 
 def abs_sum(params: Sequence[Tensor], multi_tensor: bool | None = None) -> Tensor:
@@ -55,10 +71,7 @@ def abs_sum(params: Sequence[Tensor], multi_tensor: bool | None = None) -> Tenso
 
 @torch.no_grad()
 def _single_tensor_abs_sum(params: Sequence[Tensor]) -> Tensor:
-    total = torch.sum(torch.abs(params[0]))
-    for param in params[1:]:
-        total = total + torch.sum(torch.abs(param))
-    return total
+    return sum_in_order(torch.sum(torch.abs(param)) for param in params)
 
 
 @torch.no_grad()

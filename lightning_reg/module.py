@@ -14,12 +14,19 @@ import functools
 import inspect
 import types
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from torch import Tensor
+from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from lightning_reg.options import GroupBy, L1Mode, L2Mode, ProximalThreshold, RegularizationOptions
+from lightning_reg.options import (
+    GroupBy,
+    L1Mode,
+    L2Mode,
+    ProximalThreshold,
+    RegularizationOptions,
+    document_options,
+)
 from lightning_reg.regularizer import Regularizer
 
 if TYPE_CHECKING:
@@ -29,6 +36,25 @@ else:
 
 _LIGHTNING_PACKAGES = ("lightning", "pytorch_lightning")
 _MARK = "_lightning_reg_hook"
+
+
+class _Hook(NamedTuple):
+    """What the mixin does around the outermost call of one hook of the user's module."""
+
+    #: Before the hook runs; returns what the hook's body runs inside.
+    begin: Callable[[RegularizedModule], contextlib.AbstractContextManager[Any]]
+    #: After it returns: given the hook's output, returns what the caller gets.
+    finish: Callable[[RegularizedModule, Any], Any]
+
+
+def _begin_training_step(module: RegularizedModule) -> contextlib.AbstractContextManager[Any]:
+    """The step index, the part of the penalty that reads every weight, and the activity capture."""
+    regularizer = module.regularizer
+    trainer = getattr(module, "_trainer", None)  # None when the step is called outside Trainer.fit
+    regularizer.step = trainer.global_step if trainer is not None else 0
+    if module.automatic_optimization and regularizer.adds_to_loss:
+        regularizer.prepare_penalty()
+    return regularizer.activity.capture()
 
 
 def _add_penalty(module: RegularizedModule, output: Any) -> Any:
@@ -43,13 +69,12 @@ def _add_penalty(module: RegularizedModule, output: Any) -> Any:
     return output
 
 
-def _start_step(module: RegularizedModule) -> None:
-    """Before the forward pass: the step index, and the part of the penalty that reads every weight."""
-    regularizer = module.regularizer
-    trainer = getattr(module, "_trainer", None)  # None when the step is called outside Trainer.fit
-    regularizer.step = trainer.global_step if trainer is not None else 0
-    if module.automatic_optimization and regularizer.adds_to_loss:
-        regularizer.prepare_penalty()
+def _begin_configure_optimizers(module: RegularizedModule) -> contextlib.AbstractContextManager[Any]:
+    """Forget the last regularizer: a fresh one sees the parameters as they are when training is set up."""
+    if module._regularizer is not None:
+        module._regularizer.detach()
+        module._regularizer = None
+    return contextlib.nullcontext()
 
 
 def _attach_to_optimizers(module: RegularizedModule, output: Any) -> Any:
@@ -67,9 +92,10 @@ def _attach_to_optimizers(module: RegularizedModule, output: Any) -> Any:
     return output
 
 
-_FINISHERS: dict[str, Callable[[RegularizedModule, Any], Any]] = {
-    "training_step": _add_penalty,
-    "configure_optimizers": _attach_to_optimizers,
+#: The hooks the mixin intercepts, whichever class of the user's hierarchy defines them.
+_HOOKS: dict[str, _Hook] = {
+    "training_step": _Hook(_begin_training_step, _add_penalty),
+    "configure_optimizers": _Hook(_begin_configure_optimizers, _attach_to_optimizers),
 }
 
 
@@ -86,29 +112,21 @@ def _walk(output: Any) -> Iterator[Any]:
 
 
 def _outermost(name: str, hook: Callable[..., Any]) -> Callable[..., Any]:
-    """Wrap ``hook`` so that its finisher sees its result once, at the outermost of nested calls.
-
-    A fresh :class:`Regularizer` is built when the outermost ``configure_optimizers`` starts, so the
-    selection sees the parameters as they are when training is set up.
-    """
+    """Wrap ``hook`` so that :data:`_HOOKS` ``[name]`` acts once, around the outermost of nested calls."""
+    around = _HOOKS[name]
 
     @functools.wraps(hook)
     def wrapper(self: RegularizedModule, *args: Any, **kwargs: Any) -> Any:
         if name in self._reg_active:
             return hook(self, *args, **kwargs)
-        if name == "configure_optimizers":
-            self._regularizer = None
-        capture: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
-        if name == "training_step":
-            _start_step(self)
-            capture = self.regularizer.activity.capture()
+        inside = around.begin(self)
         self._reg_active.add(name)
         try:
-            with capture:
+            with inside:
                 output = hook(self, *args, **kwargs)
         finally:
             self._reg_active.discard(name)
-        return _FINISHERS[name](self, output)
+        return around.finish(self, output)
 
     setattr(wrapper, _MARK, True)
     return wrapper
@@ -135,6 +153,7 @@ def _check_base_order(cls: type) -> None:
             )
 
 
+@document_options
 class RegularizedModule(_Base):
     """Mixin that regularizes a ``LightningModule``: L1, group L1 and L2, in the loss or the optimizer.
 
@@ -150,7 +169,8 @@ class RegularizedModule(_Base):
       ``super().training_step`` calls the class hierarchy makes. In the other modes those terms are not
       in the returned loss: they act on the weights at the optimizer step. Under manual optimization
       the loss-mode terms' gradients are added right before each ``opt.step()`` instead, once per step,
-      each parameter through the optimizer that holds it: the user's code stays as it is.
+      each parameter through the optimizer that holds it: the user's code stays as it is (add
+      ``self.regularizer.activity_penalty()`` to your loss for ``activity_l1``).
     - ``configure_optimizers``: with ``l2_mode="weight_decay"`` and ``l2 > 0``, every returned
       optimizer's groups are split into ``W`` (``weight_decay=l2``) and the rest (``weight_decay=0``),
       named ``decay`` / ``no_decay``; schedulers returned with it keep driving every group. With
@@ -163,30 +183,7 @@ class RegularizedModule(_Base):
     - The options are saved in ``hparams``, so ``load_from_checkpoint`` rebuilds the same regularization.
 
     Args:
-        l1: strength of the L1 term ``l1 * sum|w|``.
-        l2: strength of the L2 term ``l2 / 2 * sum w^2``: PyTorch's ``weight_decay`` (gradient ``l2 * w``).
-        exclude: glob patterns over ``named_parameters()`` names never to regularize.
-        l1_mode: ``"loss"`` (the tutorial's) or ``"proximal"`` (exact zeros), for ``l1`` and ``group_l1``.
-        group_l1: strength of the group term ``group_l1 * sum_g ||w_g||_2``.
-        group_by: ``"rows"`` (dim 0: output units) or ``"columns"`` (dim 1: input units) form the groups.
-        l2_mode: ``"weight_decay"`` (the tutorial's), ``"loss"`` or ``"decoupled"``.
-        l1_warmup_steps: ramp the L1 strength up over this many optimizer steps: at step
-            ``s = trainer.global_step`` it is ``l1 * min(1, (s + 1) / l1_warmup_steps)``, so a resumed run
-            continues the ramp.
-        activity_l1: module name (as in ``named_modules()``) to strength: ``strength * sum(|a|) /
-            a.shape[0]`` for every output ``a`` of that module in a training step is added to the loss
-            (under manual optimization, add ``self.regularizer.activity_penalty()`` to your loss).
-        rules: glob pattern over ``named_parameters()`` names to some of ``l1``, ``l2``, ``group_l1``,
-            e.g. ``{"embed.*": {"l2": 0.0}, "*.bias": {"l1": 1e-5}}``: the first rule matching a
-            parameter gives its strengths, each key it omits falling back to the module-wide value; a
-            matched parameter is regularized even with ``dim() <= 1``; ``exclude`` beats rules. With
-            several distinct ``l2``, the decay groups are ``decay`` (the module-wide ``l2``) and
-            ``decay/<l2>`` (the others); a rule's ``l2=0`` puts its parameters in ``no_decay``.
-        proximal_threshold: ``"optimizer"`` (default): the proximal step's ``s`` is read from the
-            optimizer's state (SGD with or without momentum, Adam, AdamW, NAdam, RAdam, Adamax, RMSprop,
-            Adagrad; see :mod:`~lightning_reg.step_sizes`), so that training lands on the minimiser of
-            ``loss + l1 * sum|w| + group_l1 * sum_g ||w_g||``; ``"lr"``: ``s = lr`` (ISTA), for any
-            optimizer, exact for plain SGD only.
+        @options@
         *args, **kwargs: passed on to the next class's ``__init__``.
 
     Raises:
@@ -194,9 +191,8 @@ class RegularizedModule(_Base):
             ``exclude``, mode, ``group_by`` or ``rules``; when ``configure_optimizers`` runs, for an
             optimizer that cannot carry the L2 mode (no ``weight_decay``, or its own decay of ``W``), for
             one whose step sizes are unknown under ``l1_mode="proximal"`` with
-            ``proximal_threshold="optimizer"``, and
-            for a rule giving ``group_l1 > 0`` to a parameter without groups (0-D; 1-D with
-            ``group_by="columns"``).
+            ``proximal_threshold="optimizer"``, and for a rule giving ``group_l1 > 0`` to a parameter
+            without groups (0-D; 1-D with ``group_by="columns"``).
         TypeError: at class creation, when the mixin is placed after a ``LightningModule`` in the bases.
 
     Example::
@@ -225,30 +221,18 @@ class RegularizedModule(_Base):
         *args: Any,
         l1: float = 0.0,
         l2: float = 0.0,
-        exclude: Sequence[str] = (),
-        l1_mode: L1Mode = "loss",
         group_l1: float = 0.0,
         group_by: GroupBy = "rows",
+        exclude: Sequence[str] = (),
+        rules: Mapping[str, Mapping[str, float]] | None = None,
+        l1_mode: L1Mode = "loss",
+        proximal_threshold: ProximalThreshold = "optimizer",
         l2_mode: L2Mode = "weight_decay",
         l1_warmup_steps: int = 0,
         activity_l1: Mapping[str, float] | None = None,
-        rules: Mapping[str, Mapping[str, float]] | None = None,
-        proximal_threshold: ProximalThreshold = "optimizer",
         **kwargs: Any,
     ) -> None:
-        self._reg_options = RegularizationOptions(
-            l1=l1,
-            l2=l2,
-            exclude=exclude,
-            l1_mode=l1_mode,
-            group_l1=group_l1,
-            group_by=group_by,
-            l2_mode=l2_mode,
-            l1_warmup_steps=l1_warmup_steps,
-            activity_l1=activity_l1,
-            rules=rules,
-            proximal_threshold=proximal_threshold,
-        )
+        self._reg_options = RegularizationOptions.from_arguments(locals())
         self._regularizer: Regularizer | None = None
         self._reg_active: set[str] = set()
         super().__init__(*args, **kwargs)
@@ -257,14 +241,14 @@ class RegularizedModule(_Base):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         _check_base_order(cls)
-        for name in _FINISHERS:
+        for name in _HOOKS:
             defined = cls.__dict__.get(name)
             if callable(defined) and not getattr(defined, _MARK, False):
                 setattr(cls, name, _outermost(name, defined))
 
     def __setattr__(self, name: str, value: Any) -> None:
         # LightningCLI's --optimizer installs configure_optimizers on the instance: intercept it too.
-        if name in _FINISHERS and callable(value) and not getattr(value, _MARK, False):
+        if name in _HOOKS and callable(value) and not getattr(value, _MARK, False):
             value = types.MethodType(_outermost(name, _unbound(value)), self)
         super().__setattr__(name, value)
 
@@ -309,3 +293,14 @@ class RegularizedModule(_Base):
         initial = getattr(self, "_hparams_initial", None)
         if initial is not None:
             initial.update(values)
+
+
+def regularizer_of(model: nn.Module) -> Regularizer:
+    """The :class:`Regularizer` a model is trained with: its own for a :class:`RegularizedModule`, else
+    one over the default rule (trainable floating-point parameters with ``dim() > 1``, minus
+    ``no_weight_decay()``), with no strength.
+
+    >>> regularizer_of(nn.Linear(3, 2)).names
+    ['weight']
+    """
+    return model.regularizer if isinstance(model, RegularizedModule) else Regularizer(model)

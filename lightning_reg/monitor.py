@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Any
 
@@ -14,9 +13,11 @@ from lightning.pytorch.loggers import Logger
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_reg.module import RegularizedModule
-from lightning_reg.regularizer import NEAR_ZERO_TOL, Regularizer
+from lightning_reg.checks import check_flag, check_integer, check_positive
+from lightning_reg.module import RegularizedModule, regularizer_of
+from lightning_reg.regularizer import Regularizer
 from lightning_reg.sharding import is_sharded
+from lightning_reg.statistics import NEAR_ZERO_TOL
 
 PREFIX = "reg/"
 HISTOGRAM_PREFIX = PREFIX + "weights/"
@@ -110,7 +111,7 @@ class RegularizationMonitor(Callback):
         >>> RegularizationMonitor(log_every_n_steps=0)
         Traceback (most recent call last):
         ...
-        ValueError: Invalid log_every_n_steps: 0 (expected a positive integer or None)
+        lightning_reg.checks.InvalidArgumentError: Invalid log_every_n_steps: 0 (expected an integer >= 1)
     """
 
     def __init__(
@@ -120,25 +121,11 @@ class RegularizationMonitor(Callback):
         near_zero_tol: float = NEAR_ZERO_TOL,
         histograms: bool = False,
     ) -> None:
-        if log_every_n_steps is not None and (
-            isinstance(log_every_n_steps, bool)
-            or not isinstance(log_every_n_steps, int)
-            or log_every_n_steps < 1
-        ):
-            raise ValueError(
-                f"Invalid log_every_n_steps: {log_every_n_steps!r} (expected a positive integer or None)"
-            )
-        if not isinstance(per_layer, bool):
-            raise ValueError(f"Invalid per_layer: {per_layer!r} (expected True or False)")
-        if (
-            isinstance(near_zero_tol, bool)
-            or not isinstance(near_zero_tol, (int, float))
-            or not math.isfinite(near_zero_tol)
-            or near_zero_tol <= 0
-        ):
-            raise ValueError(f"Invalid near_zero_tol: {near_zero_tol!r} (expected a finite number > 0)")
-        if not isinstance(histograms, bool):
-            raise ValueError(f"Invalid histograms: {histograms!r} (expected True or False)")
+        if log_every_n_steps is not None:
+            check_integer("log_every_n_steps", log_every_n_steps, minimum=1)
+        check_flag("per_layer", per_layer)
+        check_positive("near_zero_tol", near_zero_tol)
+        check_flag("histograms", histograms)
         self.log_every_n_steps = log_every_n_steps
         self.per_layer = per_layer
         self.near_zero_tol = float(near_zero_tol)
@@ -160,10 +147,8 @@ class RegularizationMonitor(Callback):
 
     @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if isinstance(pl_module, RegularizedModule):
-            self._regularizer, self._penalties = pl_module.regularizer, True
-        else:
-            self._regularizer, self._penalties = Regularizer(pl_module), False
+        self._regularizer = regularizer_of(pl_module)
+        self._penalties = isinstance(pl_module, RegularizedModule)  # only its strengths are known
         self._every = self.log_every_n_steps or trainer.log_every_n_steps  # type: ignore[attr-defined]
         self._last_global_step = trainer.global_step
         self._histogram_loggers, self._gather_histograms = [], False
@@ -226,7 +211,9 @@ class RegularizationMonitor(Callback):
     def _log_histograms(self, trainer: L.Trainer, step: int) -> None:
         assert self._regularizer is not None
         writers = [experiment(logger) for logger in self._histogram_loggers]
-        for name, param in zip(self._regularizer.names, self._regularizer.parameters, strict=True):
+        for name, param in zip(
+            self._regularizer.names, self._regularizer.regularized_parameters, strict=True
+        ):
             if param.numel() == 0 or not (writers or is_sharded(param)):
                 continue
             values = host_copy(param)  # every process, for a sharded weight: gathering is a collective

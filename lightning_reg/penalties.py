@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from lightning_reg.kernels import sum_in_order
 from lightning_reg.sharding import (
     global_value,
     group_squares,
@@ -65,12 +66,7 @@ def l1_norm(params: Sequence[Tensor]) -> Tensor:
     >>> l1_norm([torch.tensor([[1.0, -2.0]]), torch.tensor([[-3.0]])])
     tensor(6.)
     """
-    if not params:
-        return torch.zeros(())
-    total = global_value(torch.sum(torch.abs(params[0])))
-    for param in params[1:]:
-        total = total + global_value(torch.sum(torch.abs(param)))
-    return total
+    return sum_in_order(global_value(torch.sum(torch.abs(param))) for param in params)
 
 
 def squared_norm(params: Sequence[Tensor]) -> Tensor:
@@ -79,12 +75,7 @@ def squared_norm(params: Sequence[Tensor]) -> Tensor:
     >>> squared_norm([torch.tensor([[1.0, -2.0]]), torch.tensor([[3.0]])])
     tensor(14.)
     """
-    if not params:
-        return torch.zeros(())
-    total = global_value(torch.sum(params[0] * params[0]))
-    for param in params[1:]:
-        total = total + global_value(torch.sum(param * param))
-    return total
+    return sum_in_order(global_value(torch.sum(param * param)) for param in params)
 
 
 def group_l1_norm(params: Sequence[Tensor], group_by: str) -> Tensor:
@@ -93,12 +84,7 @@ def group_l1_norm(params: Sequence[Tensor], group_by: str) -> Tensor:
     >>> group_l1_norm([torch.tensor([[3.0, 4.0], [0.0, 0.0]])], "rows")
     tensor(5.)
     """
-    if not params:
-        return torch.zeros(())
-    total = global_value(group_norms(params[0], group_by).sum())
-    for param in params[1:]:
-        total = total + global_value(group_norms(param, group_by).sum())
-    return total
+    return sum_in_order(global_value(group_norms(param, group_by).sum()) for param in params)
 
 
 @torch.no_grad()

@@ -3,38 +3,35 @@
 from __future__ import annotations
 
 import functools
-import math
 import warnings
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from lightning_reg import kernels, step_hooks, step_sizes
+from lightning_reg import kernels, step_hooks, step_sizes, step_updates
 from lightning_reg.activity import ActivityPenalty
-from lightning_reg.deferred import l1_term
-from lightning_reg.options import GroupBy, L1Mode, L2Mode, ProximalThreshold, RegularizationOptions
-from lightning_reg.param_groups import check_no_own_decay, decay_groups, split_optimizer
-from lightning_reg.penalties import (
-    STATISTICS_COLUMNS,
-    group_count,
-    group_l1_norm,
-    group_shrink_,
-    group_shrink_scaled_,
-    l1_norm,
-    squared_norm,
-    weight_statistics,
+from lightning_reg.deferred import PreparedSum, l1_term
+from lightning_reg.kernels import sum_in_order
+from lightning_reg.options import (
+    GroupBy,
+    L1Mode,
+    L2Mode,
+    ProximalThreshold,
+    RegularizationOptions,
+    document_options,
 )
+from lightning_reg.param_groups import check_no_own_decay, decay_groups, split_optimizer
+from lightning_reg.penalties import group_count, group_l1_norm, l1_norm, squared_norm, weight_statistics
 from lightning_reg.selection import Selection, Strengths, select_parameters
-from lightning_reg.sharding import add_, is_sharded, local
-
-#: Default threshold below which a weight counts as "near zero" in the statistics.
-NEAR_ZERO_TOL = 1e-3
+from lightning_reg.sharding import add_, is_sharded
+from lightning_reg.statistics import NEAR_ZERO_TOL, WeightStatistics
 
 
+@document_options
 class Regularizer:
     """The regularization of one model: which weights, the L1 term, the weight-decay groups, statistics.
 
@@ -60,25 +57,7 @@ class Regularizer:
 
     Args:
         model: the module whose parameters are regularized.
-        l1: strength of the L1 term ``l1 * sum|w|``.
-        l2: strength of the L2 term ``l2 / 2 * sum w^2`` (PyTorch's ``weight_decay``).
-        exclude: glob patterns over parameter names that are never regularized.
-        l1_mode: ``"loss"`` or ``"proximal"``, for the L1 and group-L1 terms.
-        group_l1: strength of the group term ``group_l1 * sum_g ||w_g||_2``.
-        group_by: ``"rows"`` (slices along dim 0) or ``"columns"`` (along dim 1) form the groups.
-        l2_mode: ``"weight_decay"``, ``"loss"`` or ``"decoupled"``.
-        l1_warmup_steps: ramp the L1 strength up over this many optimizer steps: at step ``s`` it is
-            ``l1 * min(1, (s + 1) / l1_warmup_steps)``, with ``s`` read from :attr:`step`, which the
-            training loop sets (``RegularizedModule`` sets it to ``trainer.global_step``).
-        activity_l1: module name to strength: ``strength * sum(|a|) / a.shape[0]`` for every output ``a``
-            of that module recorded by :attr:`activity` (see
-            :class:`~lightning_reg.activity.ActivityPenalty`); :meth:`penalty` adds the recorded terms.
-        rules: glob pattern over parameter names to some of ``l1``, ``l2``, ``group_l1``: the first
-            rule matching a parameter gives its strengths, the keys it omits falling back to the
-            module-wide values; a matched parameter is regularized whatever its ``dim()``; ``exclude``
-            and ``no_weight_decay()`` beat rules.
-        proximal_threshold: ``"optimizer"`` (default) or ``"lr"``: the step ``s`` of
-            :meth:`proximal_step`, read from the optimizer's state or taken to be the learning rate.
+        @options@
 
     Attributes:
         step: the index of the optimizer step being taken, from 0; only the L1 warm-up reads it.
@@ -117,30 +96,17 @@ class Regularizer:
         *,
         l1: float = 0.0,
         l2: float = 0.0,
-        exclude: Sequence[str] = (),
-        l1_mode: L1Mode = "loss",
         group_l1: float = 0.0,
         group_by: GroupBy = "rows",
+        exclude: Sequence[str] = (),
+        rules: Mapping[str, Mapping[str, float]] | None = None,
+        l1_mode: L1Mode = "loss",
+        proximal_threshold: ProximalThreshold = "optimizer",
         l2_mode: L2Mode = "weight_decay",
         l1_warmup_steps: int = 0,
         activity_l1: Mapping[str, float] | None = None,
-        rules: Mapping[str, Mapping[str, float]] | None = None,
-        proximal_threshold: ProximalThreshold = "optimizer",
     ) -> None:
-        self.options = RegularizationOptions(
-            l1=l1,
-            l2=l2,
-            exclude=exclude,
-            l1_mode=l1_mode,
-            group_l1=group_l1,
-            group_by=group_by,
-            l2_mode=l2_mode,
-            l1_warmup_steps=l1_warmup_steps,
-            activity_l1=activity_l1,
-            rules=rules,
-            proximal_threshold=proximal_threshold,
-        )
-        options = self.options
+        self.options = options = RegularizationOptions.from_arguments(locals())
         self.selection: Selection = select_parameters(
             model,
             options.exclude,
@@ -148,22 +114,18 @@ class Regularizer:
             Strengths(options.l1, options.l2, options.group_l1),
             options.group_by,
         )
-        self._chosen_ids = frozenset(id(param) for _, param in self.selection.regularized)
-        self._strength_of = {
-            id(param): strength
-            for (_, param), strength in zip(self.selection.regularized, self.selection.strengths, strict=True)
-        }
         # Whether some weight of W has a positive strength of each kind.
         self._has_l1 = any(strength.l1 > 0 for strength in self.selection.strengths)
         self._has_l2 = any(strength.l2 > 0 for strength in self.selection.strengths)
         self._has_group_l1 = any(strength.group_l1 > 0 for strength in self.selection.strengths)
         # Worked out once: the training step reads them every step.
         self._plain = [param for _, param in self.selection.regularized if not is_sharded(param)]
-        self._plain_l1 = self._by_strength(self._plain, "l1")
-        self._prepared: dict[float, tuple[list[int], list[int], Tensor]] = {}  # see prepare_penalty
+        self._sharded = [param for _, param in self.selection.regularized if is_sharded(param)]
+        self._plain_l1 = self.selection.by_strength(self._plain, "l1")
+        self._prepared: dict[float, PreparedSum] = {}  # per L1 strength, see prepare_penalty
+        self._optimizers: weakref.WeakSet[Optimizer] = weakref.WeakSet()  # those attach() was given
         self.step = 0
         self.activity = ActivityPenalty(model, options.activity_l1 or {})
-        self._sharded = [param for _, param in self.selection.regularized if is_sharded(param)]
         in_loss = options.l1_mode == "loss" and (self._has_l1 or self._has_group_l1)
         self._weights_in_loss = bool(self.selection.regularized) and (
             in_loss or (options.l2_mode == "loss" and self._has_l2)
@@ -211,9 +173,14 @@ class Regularizer:
         return [name for name, _ in self.selection.regularized]
 
     @property
-    def parameters(self) -> list[nn.Parameter]:
-        """The regularized parameters (``W``), each once."""
+    def regularized_parameters(self) -> list[nn.Parameter]:
+        """The regularized parameters (``W``), each once, in the order of :attr:`names`."""
         return [param for _, param in self.selection.regularized]
+
+    @property
+    def adds_to_loss(self) -> bool:
+        """Whether :meth:`penalty` has any term: the Lightning adapter skips it when not."""
+        return self._weights_in_loss or bool(self.activity)
 
     def penalty(self) -> Tensor:
         """The terms to add to the loss (see the class docstring); a constant zero when there are none.
@@ -225,13 +192,10 @@ class Regularizer:
         at the optimizer step by the hook :meth:`attach` installs, after FSDP has reduced the gradients of
         the data loss (autograd through a shard would write a gradient FSDP does not expect).
         """
-        activity = list(self.activity.take().values())
-        if self._weights_in_loss or not activity:
-            total = self._weight_penalty()
-            activity.insert(0, total)
-        for term in activity[1:]:
-            activity[0] = activity[0] + term
-        return activity[0]
+        terms = list(self.activity.take().values())
+        if self._weights_in_loss or not terms:
+            terms.insert(0, self._weight_penalty())
+        return sum_in_order(terms)
 
     def activity_penalty(self) -> Tensor:
         """The activity terms recorded since the capture began, summed; the recorded terms are cleared.
@@ -239,19 +203,7 @@ class Regularizer:
         :meth:`penalty` includes them. Under manual optimization, where the weight terms reach the weights
         as gradients at the step, add this to the loss you backpropagate.
         """
-        terms = list(self.activity.take().values())
-        if not terms:
-            return torch.zeros(())
-        total = terms[0]
-        for term in terms[1:]:
-            total = total + term
-        return total
-
-    def _weight_penalty(self) -> Tensor:
-        if not self._sharded:
-            return self._penalty_of(self._plain, deferred_l1=True)
-        total = self._penalty_of(self._sharded).detach()
-        return self._penalty_of(self._plain, deferred_l1=True) + total if self._plain else total
+        return sum_in_order(self.activity.take().values())
 
     def prepare_penalty(self) -> None:
         """Compute now the part of the next :meth:`penalty` that needs a pass over the weights.
@@ -262,60 +214,50 @@ class Regularizer:
         that peak. ``RegularizedModule`` calls this before every training step.
         """
         if self.options.l1_mode == "loss" and self._has_l1:
-            self._prepared = {
-                strength: ([id(p) for p in params], [p._version for p in params], kernels.abs_sum(params))
-                for strength, params in self._plain_l1
-            }
+            self._prepared = {strength: PreparedSum.of(params) for strength, params in self._plain_l1}
 
-    def _take_prepared(self) -> dict[float, tuple[list[int], list[int], Tensor]]:
-        """The sums :meth:`prepare_penalty` computed, per L1 strength; once."""
-        prepared, self._prepared = self._prepared, {}
-        return prepared
+    def _weight_penalty(self) -> Tensor:
+        """The loss-mode terms of the weights; those of sharded weights detached (see :meth:`penalty`)."""
+        plain = self._total(self._deferred_l1_terms() + self._norm_terms(self._plain), self._plain)
+        if not self._sharded:
+            return plain
+        sharded = self._total(self._l1_terms(self._sharded) + self._norm_terms(self._sharded), self._sharded)
+        return plain + sharded.detach() if self._plain else sharded.detach()
 
-    def _by_strength(self, params: Iterable[Tensor], kind: str) -> list[tuple[float, list[Tensor]]]:
-        """``params`` grouped by their strength ``kind`` (``"l1"``, ``"l2"``, ``"group_l1"``), in order.
+    def _deferred_l1_terms(self) -> list[Tensor]:
+        """``l1 * sum|w|`` of the plain weights, per strength, with the gradient added after backward."""
+        if self.options.l1_mode != "loss" or not self._has_l1:
+            return []
+        ramp = self.options.l1_ramp(self.step)
+        prepared, self._prepared = self._prepared, {}  # each sum serves one penalty
+        return [
+            l1_term(params, strength * ramp, PreparedSum.valid_total(prepared.get(strength), params))
+            for strength, params in self._plain_l1
+        ]
 
-        Groups come in the order of their first parameter; parameters with strength ``0`` are left out.
-        Without ``rules`` this is at most one group: all of ``params``, in their order.
-        """
-        groups: dict[float, list[Tensor]] = {}
-        for param in params:
-            strength: float = getattr(self._strength_of[id(param)], kind)
-            if strength > 0:
-                groups.setdefault(strength, []).append(param)
-        return list(groups.items())
+    def _l1_terms(self, params: Sequence[Tensor]) -> list[Tensor]:
+        """``l1 * sum|w|`` of ``params``, per strength, through autograd."""
+        if self.options.l1_mode != "loss" or not self._has_l1:
+            return []
+        ramp = self.options.l1_ramp(self.step)
+        return [
+            strength * ramp * l1_norm(same) for strength, same in self.selection.by_strength(params, "l1")
+        ]
 
-    def _penalty_of(self, params: Sequence[Tensor], *, deferred_l1: bool = False, l1: bool = True) -> Tensor:
-        options = self.options
-        terms = []
-        if options.l1_mode == "loss" and l1 and self._has_l1:
-            ramp = options.l1_ramp(self.step)
-            prepared = self._take_prepared() if deferred_l1 else {}
-            by_l1 = (
-                self._plain_l1 if deferred_l1 and params is self._plain else self._by_strength(params, "l1")
-            )
-            for strength, group in by_l1:
-                if deferred_l1:
-                    terms.append(l1_term(group, strength * ramp, _still_valid(prepared.get(strength), group)))
-                else:
-                    terms.append(strength * ramp * l1_norm(group))
+    def _norm_terms(self, params: Sequence[Tensor]) -> list[Tensor]:
+        """The loss-mode group and L2 terms of ``params``, per strength."""
+        options, terms = self.options, []
         if options.l1_mode == "loss" and self._has_group_l1:
-            for strength, group in self._by_strength(params, "group_l1"):
-                terms.append(strength * group_l1_norm(group, options.group_by))
+            for strength, same in self.selection.by_strength(params, "group_l1"):
+                terms.append(strength * group_l1_norm(same, options.group_by))
         if options.l2_mode == "loss" and self._has_l2:
-            for strength, group in self._by_strength(params, "l2"):
-                terms.append(strength / 2 * squared_norm(group))
-        if not terms or not params:
-            return torch.zeros((), device=params[0].device if params else None)
-        total = terms[0]
-        for term in terms[1:]:
-            total = total + term
-        return total
+            for strength, same in self.selection.by_strength(params, "l2"):
+                terms.append(strength / 2 * squared_norm(same))
+        return terms
 
-    @property
-    def adds_to_loss(self) -> bool:
-        """Whether :meth:`penalty` has any term: the Lightning adapter skips it when not."""
-        return self._weights_in_loss or bool(self.activity)
+    @staticmethod
+    def _total(terms: list[Tensor], params: Sequence[Tensor]) -> Tensor:
+        return sum_in_order(terms, params[0].device if params else None)
 
     def param_groups(self) -> list[dict[str, Any]]:
         """Optimizer groups: ``W`` with ``weight_decay=l2``, every other trainable parameter with ``0``.
@@ -326,11 +268,11 @@ class Regularizer:
         """
         others = [param for _, param in self.selection.others]
         if self.options.l2_mode != "weight_decay":
-            return decay_groups(self.parameters, others, 0.0)
-        return decay_groups(self.parameters, others, self.l2, self._decays())
+            return decay_groups(self.regularized_parameters, others, 0.0)
+        return decay_groups(self.regularized_parameters, others, self.l2, self._decays())
 
     def _decays(self) -> list[float]:
-        """Each regularized parameter's ``l2``, in the order of :attr:`parameters`."""
+        """Each regularized parameter's ``l2``, in the order of :attr:`regularized_parameters`."""
         return [strength.l2 for strength in self.selection.strengths]
 
     def attach(
@@ -343,24 +285,31 @@ class Regularizer:
           to it are expanded to match). With ``l2 == 0`` the groups are left as built.
         - ``"decoupled"`` or ``"loss"`` L2: the optimizer's own weight decay of ``W`` must be ``0``.
         - installs the decoupled decay (before each update) and the proximal step (after each update),
-          when those modes have a strength. Attaching again replaces the earlier hooks.
+          when those modes have a strength. Attaching again replaces this regularizer's earlier hooks.
         - with ``penalty_as_gradient``, the loss-mode terms are not expected in the loss: right before each
           update, :meth:`add_penalty_gradient` adds their gradient to the optimizer's parameters instead
           (manual optimization, where the package never sees the loss). Sharded parameters always get
           their loss-mode gradient this way (see :meth:`penalty`).
 
+        Several regularizers may share one optimizer, each acting on its own parameters, provided no
+        parameter is regularized by two of them and only the first splits the groups for weight decay.
+
         Raises:
             ValueError: see :func:`~lightning_reg.param_groups.split_optimizer`; for a non-zero
-                ``weight_decay`` on ``W`` with ``l2_mode`` ``"loss"`` or ``"decoupled"``; and for an
+                ``weight_decay`` on ``W`` with ``l2_mode`` ``"loss"`` or ``"decoupled"``; for an
                 optimizer whose step sizes are unknown, with ``l1_mode="proximal"`` and
-                ``proximal_threshold="optimizer"`` (:func:`~lightning_reg.step_sizes.check_supported`).
+                ``proximal_threshold="optimizer"`` (:func:`~lightning_reg.step_sizes.check_supported`);
+                for an optimizer another regularizer is attached to, when the two regularize a parameter
+                in common or this one would split the groups for weight decay.
         """
         options = self.options
         l2 = options.l2 > 0 or self._has_l2
-        if options.l2_mode == "weight_decay" and l2:
-            split_optimizer(optimizer, self.parameters, options.l2, schedulers, self._decays())
+        splits = options.l2_mode == "weight_decay" and l2
+        self._check_shared(optimizer, splits)
+        if splits:
+            split_optimizer(optimizer, self.regularized_parameters, options.l2, schedulers, self._decays())
         elif options.l2_mode != "weight_decay" and l2:
-            check_no_own_decay(optimizer, self.parameters, f"l2_mode={options.l2_mode!r}")
+            check_no_own_decay(optimizer, self.regularized_parameters, f"l2_mode={options.l2_mode!r}")
         before: list[step_hooks.StepCallback] = []
         if self._weights_in_loss and penalty_as_gradient:
             before.append(self.add_penalty_gradient)
@@ -371,7 +320,35 @@ class Regularizer:
         proximal = options.l1_mode == "proximal" and (self._has_l1 or self._has_group_l1)
         if proximal and options.proximal_threshold == "optimizer":
             step_sizes.check_supported(optimizer)
-        step_hooks.attach(optimizer, before=before, after=[self.proximal_step] if proximal else [])
+        step_hooks.attach(optimizer, self, before=before, after=[self.proximal_step] if proximal else [])
+        self._optimizers.add(optimizer)
+
+    def detach(self) -> None:
+        """Remove the hooks :meth:`attach` installed on every optimizer (the groups stay as split)."""
+        for optimizer in list(self._optimizers):
+            step_hooks.detach(optimizer, self)
+        self._optimizers = weakref.WeakSet()
+
+    def _check_shared(self, optimizer: Optimizer, splits: bool) -> None:
+        """Refuse to share ``optimizer`` with another regularizer where the two would interfere."""
+        for other in step_hooks.owners(optimizer):
+            if other is self or not isinstance(other, Regularizer):
+                continue
+            common = [name for name, p in self.selection.regularized if other.selection.is_regularized(p)]
+            if common:
+                raise ValueError(
+                    f"Invalid optimizer: another Regularizer is attached to this {type(optimizer).__name__} "
+                    f"and regularizes {common[0]!r} too, which would then be regularized twice. Use one "
+                    "Regularizer with rules for per-parameter strengths, or exclude the shared parameters "
+                    "from one of them."
+                )
+            if splits:
+                raise ValueError(
+                    f"Invalid optimizer: another Regularizer is attached to this {type(optimizer).__name__}, "
+                    "and splitting its groups for weight decay (l2_mode='weight_decay') would move that "
+                    "one's parameters. Use one Regularizer with rules for per-parameter strengths, or "
+                    "l2_mode='decoupled' here."
+                )
 
     def add_penalty_gradient(self, optimizer: Optimizer, *, sharded_only: bool = False) -> None:
         """Add the gradient of :meth:`penalty` to the ``.grad`` of the ``W`` in ``optimizer``.
@@ -382,7 +359,7 @@ class Regularizer:
         """
         params = [
             param
-            for _, _, group in self._by_group(optimizer)
+            for _, _, group in step_updates.in_optimizer(self.selection, optimizer)
             for param in group
             if not sharded_only or is_sharded(param)
         ]
@@ -392,35 +369,32 @@ class Regularizer:
         options = self.options
         if options.l1_mode == "loss" and self._has_l1:  # no autograd needed: l1 * sign(w)
             ramp = options.l1_ramp(self.step)
-            for strength, group in self._by_strength(plain, "l1"):
-                factor = torch.full((), strength * ramp, dtype=group[0].dtype, device=group[0].device)
-                grads = [param.grad for param in group if param.grad is not None]
-                kernels.add_scaled_sign_(grads, group, factor if scale is None else factor * scale)
+            for strength, same in self.selection.by_strength(plain, "l1"):
+                factor = torch.full((), strength * ramp, dtype=same[0].dtype, device=same[0].device)
+                grads = [param.grad for param in same if param.grad is not None]
+                kernels.add_scaled_sign_(grads, same, factor if scale is None else factor * scale)
         with torch.enable_grad():
-            terms = [self._penalty_of(sharded)] if sharded else []
-            terms += [self._penalty_of(plain, l1=False)] if plain else []
+            terms = (
+                [self._total(self._l1_terms(sharded) + self._norm_terms(sharded), sharded)] if sharded else []
+            )
+            terms += [self._total(self._norm_terms(plain), plain)] if plain else []
             terms = [term for term in terms if term.requires_grad]
             if not terms:
                 return
-            total = terms[0] if len(terms) == 1 else terms[0] + terms[1]
-            gradients = torch.autograd.grad(total, params, allow_unused=True)
+            gradients = torch.autograd.grad(sum_in_order(terms), params, allow_unused=True)
         with torch.no_grad():
             for param, gradient in zip(params, gradients, strict=True):
                 if gradient is not None and param.grad is not None:
                     add_(param.grad, gradient if scale is None else gradient * scale)
 
-    @torch.no_grad()
     def decoupled_decay(self, optimizer: Optimizer) -> None:
         """``w <- w * (1 - lr * l2)`` for each ``w`` of ``W`` in ``optimizer`` that has a gradient.
 
         What AdamW does before its update; called by the hook :meth:`attach` installs. ``l2`` is each
-        weight's own.
+        weight's own, ``lr`` that of the group holding the weight.
         """
-        for lr, params in self._lr_by_group(optimizer):
-            for strength, group in self._by_strength(params, "l2"):
-                kernels.scale_(group, 1 - lr * strength)
+        step_updates.decoupled_decay(self.selection, optimizer)
 
-    @torch.no_grad()
     def proximal_step(self, optimizer: Optimizer) -> None:
         """Apply the proximal operators of the L1 and group terms after the optimizer's update.
 
@@ -432,71 +406,18 @@ class Regularizer:
         (:func:`~lightning_reg.step_sizes.step_size`); with ``"lr"`` it is the group's learning rate.
         ``l1`` (with the warm-up's ramp) and ``group_l1`` are each weight's own.
         """
-        ramp = self.options.l1_ramp(self.step)
-        by_optimizer = self.options.proximal_threshold == "optimizer"
-        for group, taken, params in self._by_group(optimizer):
-            uniform: dict[Any, tuple[float | Tensor, list[Tensor]]] = {}  # params that took one step
-            for param in params:
-                strengths = self._strength_of[id(param)]
-                if strengths.l1 == 0 and strengths.group_l1 == 0:  # a rule switched both off: no pass
-                    continue
-                size = (
-                    step_sizes.step_size(optimizer, group, param)
-                    if by_optimizer
-                    else step_sizes.StepSize(group["lr"], None)
-                )
-                if size.denominator is not None:  # at once: one denominator alive at a time, in cache
-                    self._shrink_per_entry(param, size, taken, ramp)
-                else:
-                    key = size.scale if isinstance(size.scale, float) else id(size.scale)
-                    uniform.setdefault(key, (size.scale, []))[1].append(param)
-            for scale, same in uniform.values():  # one list each: the multi-tensor kernels
-                self._shrink_uniformly(same, scale if isinstance(taken, float) else scale * taken, ramp)
-
-    def _shrink_uniformly(self, params: list[Tensor], scale: float | Tensor, ramp: float) -> None:
-        """The proximal step of ``params``, which all took the step ``scale``."""
-        for strength, group in self._by_strength(params, "l1"):
-            kernels.soft_threshold_(group, scale * (strength * ramp))
-        for strength, group in self._by_strength(params, "group_l1"):
-            for param in group:
-                group_shrink_(param, scale * strength, self.options.group_by)
-
-    def _shrink_per_entry(
-        self, param: Tensor, size: step_sizes.StepSize, taken: float | Tensor, ramp: float
-    ) -> None:
-        """The proximal step of one parameter whose entries took the steps ``size``."""
-        assert size.denominator is not None
-        strengths = self._strength_of[id(param)]
-        scale = size.scale if isinstance(taken, float) else size.scale * taken
-        denominator = local(size.denominator)
-        if strengths.l1 > 0:
-            kernels.soft_threshold_scaled_(local(param), scale * (strengths.l1 * ramp), denominator)
-        if strengths.group_l1 > 0:
-            steps = scale / denominator
-            group_shrink_scaled_(param, strengths.group_l1, steps, self.options.group_by)
-
-    def _by_group(
-        self, optimizer: Optimizer
-    ) -> Iterable[tuple[dict[str, Any], float | Tensor, list[Tensor]]]:
-        """``(group, taken, the params of W in it that have a gradient)`` for each group of ``optimizer``.
-
-        ``taken`` is ``1.0``, or a device tensor that is ``0`` in a step a fused optimizer skips for inf
-        gradients (:func:`~lightning_reg.step_hooks.step_taken`).
-        """
-        chosen, taken = self._chosen_ids, step_hooks.step_taken(optimizer)
-        for group in optimizer.param_groups:
-            params = [p for p in group["params"] if id(p) in chosen and p.grad is not None]
-            if params:
-                yield group, taken, params
-
-    def _lr_by_group(self, optimizer: Optimizer) -> Iterable[tuple[Any, list[Tensor]]]:
-        """``(lr, params)`` as :meth:`_by_group` gives them, ``lr`` times ``taken``."""
-        for group, taken, params in self._by_group(optimizer):
-            yield (group["lr"] if isinstance(taken, float) else group["lr"] * taken), params
+        options = self.options
+        step_updates.proximal_step(
+            self.selection,
+            optimizer,
+            ramp=options.l1_ramp(self.step),
+            group_by=options.group_by,
+            threshold=options.proximal_threshold,
+        )
 
     def statistics(self, near_zero_tol: float = NEAR_ZERO_TOL) -> WeightStatistics:
         """Norms and zero counts of ``W``, as tensors on the weights' device (no host synchronisation)."""
-        params, group_by = self.parameters, self.options.group_by
+        params, group_by = self.regularized_parameters, self.options.group_by
         ramp = self.options.l1_ramp(self.step)
         module_wide = Strengths(self.l1, self.l2, self.group_l1)
         own = self.selection.strengths
@@ -516,76 +437,3 @@ class Regularizer:
     @staticmethod
     def _example_names(model: nn.Module, count: int = 3) -> list[str]:
         return [name for name, _ in model.named_parameters()][:count]
-
-
-@dataclass(frozen=True)
-class WeightStatistics:
-    """Raw sums over the regularized weights; :meth:`summary` turns them into named values.
-
-    Attributes:
-        names: parameter names, one per row of ``table``.
-        numels: entry counts, one per row.
-        groups: group counts (along ``group_by``), one per row.
-        table: ``(len(names), 6)`` float64 tensor, per parameter: ``sum|w|``, ``sum w^2``,
-            ``#(w == 0)``, ``#(|w| < tol)``, ``sum_g ||w_g||``, ``#(w_g == 0)``.
-        l1: the module-wide L1 strength at the step the statistics were taken (after any warm-up), for
-            ``l1_penalty`` and ``l1_strength``.
-        l2: the module-wide L2 strength, for ``l2_penalty``.
-        group_l1: the module-wide group strength, for ``group_l1_penalty``.
-        strengths: each row's own strengths (its ``l1`` after any warm-up), where ``rules`` give some
-            parameter other strengths than the module-wide ones; ``None``: every row has ``l1``, ``l2``
-            and ``group_l1``.
-    """
-
-    names: tuple[str, ...]
-    numels: tuple[int, ...]
-    groups: tuple[int, ...]
-    table: Tensor
-    l1: float
-    l2: float
-    group_l1: float
-    strengths: tuple[Strengths, ...] | None = None
-
-    def summary(self, per_parameter: bool = False, penalties: bool = True) -> dict[str, float]:
-        """The values as floats, read from the device in one transfer.
-
-        Keys: ``l1_norm`` (``sum|w|``), ``l2_norm`` (``sqrt(sum w^2)``), ``sparsity`` (fraction of
-        entries exactly ``0``), ``near_zero`` (fraction below the tolerance), ``dead_units`` (fraction of
-        groups entirely ``0``); with ``penalties``, ``l1_penalty`` (``l1 * l1_norm``), ``l2_penalty``
-        (``l2 / 2 * sum w^2``), ``group_l1_penalty`` (``group_l1 * sum_g ||w_g||``) and ``l1_strength``
-        (the module-wide L1 strength in force, which a warm-up ramps up); with ``rules``, each penalty
-        sums every parameter's own strength times its norm (``l1_penalty = sum_p l1_p * sum|w_p|``); with
-        ``per_parameter``, ``sparsity/<name>``, ``l1_norm/<name>`` and ``dead_units/<name>``.
-        """
-        rows = self.table.tolist()
-        column = [math.fsum(row[index] for row in rows) for index in range(len(STATISTICS_COLUMNS))]
-        abs_sum, sq_sum, zeros, near_zero, group_norm_sum, dead = column
-        values = {"l1_norm": abs_sum, "l2_norm": math.sqrt(sq_sum)}
-        if self.numels:
-            values["sparsity"] = zeros / sum(self.numels)
-            values["near_zero"] = near_zero / sum(self.numels)
-            values["dead_units"] = dead / sum(self.groups)
-        if penalties and self.strengths is None:
-            values["l1_penalty"] = self.l1 * abs_sum
-            values["l2_penalty"] = self.l2 / 2 * sq_sum
-            values["group_l1_penalty"] = self.group_l1 * group_norm_sum
-        elif penalties and self.strengths is not None:
-            pairs = list(zip(self.strengths, rows, strict=True))
-            values["l1_penalty"] = math.fsum(strength.l1 * row[0] for strength, row in pairs)
-            values["l2_penalty"] = math.fsum(strength.l2 / 2 * row[1] for strength, row in pairs)
-            values["group_l1_penalty"] = math.fsum(strength.group_l1 * row[4] for strength, row in pairs)
-        if penalties:
-            values["l1_strength"] = self.l1
-        if per_parameter:
-            for name, numel, groups, row in zip(self.names, self.numels, self.groups, rows, strict=True):
-                values[f"sparsity/{name}"] = row[2] / numel
-                values[f"l1_norm/{name}"] = row[0]
-                values[f"dead_units/{name}"] = row[5] / groups
-        return values
-
-
-def _still_valid(prepared: tuple[list[int], list[int], Tensor] | None, params: list[Tensor]) -> Tensor | None:
-    """The sum :meth:`Regularizer.prepare_penalty` computed, if ``params`` are still the weights it read."""
-    if prepared is None or prepared[0] != [id(p) for p in params]:
-        return None
-    return prepared[2] if prepared[1] == [p._version for p in params] else None

@@ -18,11 +18,14 @@ first name ``named_parameters()`` gives it, and excluded (or matched by a rule) 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
-from torch import nn
+from torch import Tensor, nn
+
+from lightning_reg.options import StrengthName
 
 #: The attribute FSDP1 sets on the parameters it flattens (``torch.distributed.fsdp._common_utils``).
 _FSDP1_FLATTENED = "_fsdp_flattened"
@@ -52,8 +55,6 @@ class Selection:
         others: the remaining trainable ``(name, parameter)`` pairs.
         unmatched: the ``exclude`` patterns that matched no parameter name (likely typos).
         strengths: the strengths of each regularized parameter, in the order of ``regularized``.
-        rule_of: the ``rules`` pattern each regularized parameter's strengths come from (``None``: the
-            module-wide values), in the order of ``regularized``.
         unmatched_rules: the ``rules`` patterns that matched no parameter name (likely typos).
     """
 
@@ -61,8 +62,40 @@ class Selection:
     others: tuple[tuple[str, nn.Parameter], ...]
     unmatched: tuple[str, ...]
     strengths: tuple[Strengths, ...] = ()
-    rule_of: tuple[str | None, ...] = ()
     unmatched_rules: tuple[str, ...] = ()
+
+    @functools.cached_property
+    def _strength_of(self) -> dict[int, Strengths]:
+        return {
+            id(param): strength for (_, param), strength in zip(self.regularized, self.strengths, strict=True)
+        }
+
+    def is_regularized(self, param: Tensor) -> bool:
+        """Whether ``param`` is one of :attr:`regularized`."""
+        return id(param) in self._strength_of
+
+    def strength_of(self, param: Tensor) -> Strengths:
+        """The strengths of the regularized parameter ``param``."""
+        return self._strength_of[id(param)]
+
+    def by_strength(self, params: Iterable[Tensor], name: StrengthName) -> list[tuple[float, list[Tensor]]]:
+        """The regularized ``params`` grouped by their strength ``name``, in order, leaving out strength 0.
+
+        Groups come in the order of their first parameter. Without ``rules`` this is at most one group:
+        all of ``params``, in their order.
+
+        >>> model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+        >>> chosen = select_parameters(model, rules={"1.*": {"l1": 0.5}}, defaults=Strengths(l1=0.1))
+        >>> params = [param for _, param in chosen.regularized]
+        >>> [(strength, len(group)) for strength, group in chosen.by_strength(params, "l1")]
+        [(0.1, 1), (0.5, 2)]
+        """
+        groups: dict[float, list[Tensor]] = {}
+        for param in params:
+            strength: float = getattr(self.strength_of(param), name)
+            if strength > 0:
+                groups.setdefault(strength, []).append(param)
+        return list(groups.items())
 
 
 def select_parameters(
@@ -110,7 +143,6 @@ def select_parameters(
     regularized: list[tuple[str, nn.Parameter]] = []
     others: list[tuple[str, nn.Parameter]] = []
     strengths: list[Strengths] = []
-    rule_of: list[str | None] = []
     for key, param in first.items():
         if not param.requires_grad:
             continue
@@ -138,14 +170,11 @@ def select_parameters(
             _check_groupable(names[0], param, strength, rule, "group_l1" in given, group_by)
             regularized.append((names[0], param))
             strengths.append(strength)
-            rule_of.append(rule)
         else:
             others.append((names[0], param))
     unmatched = tuple(pattern for pattern in patterns if pattern not in matched)
     unmatched_rules = tuple(pattern for pattern, _ in rule_items if pattern not in matched_rules)
-    return Selection(
-        tuple(regularized), tuple(others), unmatched, tuple(strengths), tuple(rule_of), unmatched_rules
-    )
+    return Selection(tuple(regularized), tuple(others), unmatched, tuple(strengths), unmatched_rules)
 
 
 def _check_groupable(

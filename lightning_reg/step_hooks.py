@@ -20,27 +20,51 @@ from torch.utils.hooks import RemovableHandle
 
 StepCallback = Callable[[Optimizer], None]
 
-# One registration per optimizer: attaching again replaces the earlier hooks instead of stacking them.
-_HANDLES: weakref.WeakKeyDictionary[Optimizer, list[RemovableHandle]] = weakref.WeakKeyDictionary()
+# Per optimizer, each owner's registration: attaching again with the same owner replaces that owner's
+# hooks; other owners' hooks stay. Hooks run in the order they were installed.
+_REGISTRY: weakref.WeakKeyDictionary[Optimizer, dict[int, tuple[object, list[RemovableHandle]]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
-def attach(optimizer: Optimizer, before: Sequence[StepCallback], after: Sequence[StepCallback]) -> None:
-    """Call the ``before`` / ``after`` callbacks, in order, around every update of ``optimizer``."""
-    detach(optimizer)
+def attach(
+    optimizer: Optimizer, owner: object, before: Sequence[StepCallback], after: Sequence[StepCallback]
+) -> None:
+    """Call ``owner``'s ``before`` / ``after`` callbacks, in order, around every update of ``optimizer``.
+
+    ``owner`` is registered even without callbacks, so that :func:`owners` names everyone that attached.
+
+    >>> import torch
+    >>> optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    >>> calls = []
+    >>> attach(optimizer, "a", before=[lambda opt: calls.append("a")], after=[])
+    >>> attach(optimizer, "b", before=[lambda opt: calls.append("b")], after=[])
+    >>> attach(optimizer, "a", before=[lambda opt: calls.append("a again")], after=[])
+    >>> optimizer.step()
+    >>> calls, owners(optimizer)
+    (['b', 'a again'], ['b', 'a'])
+    """
+    detach(optimizer, owner)
     handles = []
     if before:
         handles.append(optimizer.register_step_pre_hook(_pre_hook(_in_order(before))))
     if after:
         run_after = _in_order(after)
         handles.append(optimizer.register_step_post_hook(lambda opt, args, kwargs: run_after(opt)))
-    if handles:
-        _HANDLES[optimizer] = handles
+    _REGISTRY.setdefault(optimizer, {})[id(owner)] = (owner, handles)
 
 
-def detach(optimizer: Optimizer) -> None:
-    """Remove the callbacks :func:`attach` installed on ``optimizer``, if any."""
-    for handle in _HANDLES.pop(optimizer, []):
+def detach(optimizer: Optimizer, owner: object) -> None:
+    """Remove the callbacks :func:`attach` installed on ``optimizer`` for ``owner``, if any."""
+    registered = _REGISTRY.get(optimizer, {})
+    _, handles = registered.pop(id(owner), (None, []))
+    for handle in handles:
         handle.remove()
+
+
+def owners(optimizer: Optimizer) -> list[object]:
+    """Everyone attached to ``optimizer``, in the order their current callbacks were installed."""
+    return [owner for owner, _ in _REGISTRY.get(optimizer, {}).values()]
 
 
 def _in_order(callbacks: Sequence[StepCallback]) -> StepCallback:

@@ -12,6 +12,7 @@ from helpers import (
     Batch,
     RegRegression,
     assert_same_weights,
+    fit,
     loader,
     make_net,
     quiet_trainer,
@@ -60,7 +61,7 @@ def test_training_adds_the_activity_term_and_validation_records_nothing() -> Non
 def test_the_term_changes_training() -> None:
     """Guard: the comparison above is not vacuous."""
     model = RegRegression()
-    quiet_trainer(max_epochs=EPOCHS).fit(model, loader(regression_data()))
+    fit(model, EPOCHS)
     assert not torch.equal(model.net[0].weight, by_hand()[0].weight)
 
 
@@ -100,7 +101,7 @@ def test_the_regularizer_adds_weight_and_activity_terms() -> None:
 def test_an_unknown_module_is_refused_before_training() -> None:
     model = RegRegression(activity_l1={"net.9": STRENGTH})
     with pytest.raises(ValueError, match=r"^Invalid activity_l1: 'net.9' is not a module of RegRegression"):
-        quiet_trainer(max_epochs=1).fit(model, loader(regression_data()))
+        fit(model, epochs=1)
     assert model.global_step == 0
 
 
@@ -134,7 +135,9 @@ def test_the_options_are_saved_for_checkpoints() -> None:
     assert RegRegression(activity_l1={"net.1": STRENGTH}).hparams["activity_l1"] == {"net.1": STRENGTH}
 
 
-class Manual(RegRegression):
+class ManualAddingActivity(RegRegression):
+    """Manual optimization whose step adds the activity penalty itself, as the user has to."""
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.automatic_optimization = False
@@ -150,8 +153,8 @@ class Manual(RegRegression):
 
 
 def test_manual_optimization_adds_the_activity_penalty_the_user_asks_for() -> None:
-    model = Manual(activity_l1={"net.1": STRENGTH})
-    quiet_trainer(max_epochs=EPOCHS).fit(model, loader(regression_data()))
+    model = ManualAddingActivity(activity_l1={"net.1": STRENGTH})
+    fit(model, EPOCHS)
     assert_same_weights(model.net, by_hand())
 
 

@@ -13,7 +13,7 @@ from typing import Any, cast
 import pytest
 
 from lightning_reg.cli import main
-from lightning_reg.demo import ProgressLine
+from lightning_reg.cli.progress import ProgressLine
 
 VARIANTS = ("none", "L2", "L1", "Elastic Net", "L1 prox", "Elastic Net prox", "Group L1 prox")
 SLUGS = ("none", "l2", "l1", "elastic_net", "l1_prox", "elastic_net_prox", "group_l1_prox")
@@ -120,23 +120,28 @@ def test_without_log_dir_the_logs_are_removed(
 
 
 @pytest.mark.parametrize(
-    ("argv", "option"),
+    ("argv", "message"),
     [
-        (["--epochs", "0"], "--epochs"),
-        (["--epochs", "ten"], "--epochs"),
-        (["--seed", "-1"], "--seed"),
-        (["--plot", "/no/such/directory/demo.png"], "--plot"),
+        (["--epochs", "0"], "argument --epochs: invalid value '0' (expected an integer >= 1)"),
+        (["--epochs", "ten"], "argument --epochs: invalid value 'ten' (expected an integer >= 1)"),
+        (["--seed", "-1"], "argument --seed: invalid value '-1' (expected an integer from 0 to 2**32 - 1)"),
+        (
+            ["--plot", "/no/such/directory/demo.png"],
+            "argument --plot: invalid value '/no/such/directory/demo.png' (expected a path in an existing "
+            "directory)",
+        ),
     ],
 )
 def test_bad_arguments_are_argparse_errors(
-    argv: list[str], option: str, capsys: pytest.CaptureFixture[str]
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["demo", *argv])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert f"argument {option}" in err
+    assert f"argument {argv[0]}" in err
     assert argv[1] in err
+    assert message in err
 
 
 @pytest.mark.parametrize(

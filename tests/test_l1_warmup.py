@@ -11,9 +11,9 @@ import torch
 from helpers import (
     RegRegression,
     assert_same_weights,
+    fit,
     loader,
     make_net,
-    quiet_trainer,
     regression_data,
     seed_l1_penalty,
     seed_param_groups,
@@ -55,14 +55,14 @@ def by_hand(*, proximal: bool, l1: float) -> nn.Module:
 @pytest.mark.parametrize(("l1_mode", "l1"), [("loss", L1), ("proximal", 0.5)])
 def test_each_step_uses_the_ramped_strength(l1_mode: str, l1: float) -> None:
     model = RegRegression(l1=l1, l2=L2, l1_mode=l1_mode, l1_warmup_steps=WARMUP)
-    quiet_trainer(max_epochs=EPOCHS).fit(model, loader(regression_data()))
+    fit(model, EPOCHS)
     assert_same_weights(model.net, by_hand(proximal=l1_mode == "proximal", l1=l1))
 
 
 def test_the_ramp_changes_training() -> None:
     """Guard: without the ramp the weights differ, so the test above is not vacuous."""
     model = RegRegression(l1=0.5, l2=L2, l1_mode="proximal")
-    quiet_trainer(max_epochs=EPOCHS).fit(model, loader(regression_data()))
+    fit(model, EPOCHS)
     assert not torch.equal(model.net[0].weight, by_hand(proximal=True, l1=0.5)[0].weight)
 
 
@@ -70,7 +70,7 @@ def test_the_monitor_logs_the_strength_in_force(tmp_path: Path) -> None:
     logger = CSVLogger(tmp_path)
     model = RegRegression(l1=L1, l2=L2, l1_warmup_steps=WARMUP)
     monitor = RegularizationMonitor(log_every_n_steps=1)
-    quiet_trainer(max_epochs=EPOCHS, logger=logger, callbacks=[monitor]).fit(model, loader(regression_data()))
+    fit(model, EPOCHS, logger=logger, callbacks=[monitor])
     with open(Path(logger.log_dir) / "metrics.csv") as handle:
         rows = [row for row in csv.DictReader(handle) if row.get("reg/l1_strength")]
     assert [int(row["step"]) for row in rows] == list(range(6 * EPOCHS))

@@ -12,13 +12,14 @@ import torch
 from helpers import (
     Batch,
     LitRegression,
-    ManualOptimization,
+    Manual,
     RecordOps,
     RegRegression,
+    Scheduled,
     assert_same_weights,
+    fit,
     loader,
     make_net,
-    quiet_trainer,
     regression_data,
     seed_l1_penalty,
     seed_param_groups,
@@ -59,12 +60,6 @@ class BaseRegression(RegularizedModule, L.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.parameters(), lr=0.05)
-
-
-def fit(model: L.LightningModule, epochs: int = 2, **trainer_kwargs: Any) -> L.Trainer:
-    trainer = quiet_trainer(max_epochs=epochs, **trainer_kwargs)
-    trainer.fit(model, loader(regression_data()))
-    return trainer
 
 
 def reference(l1: float = L1, l2: float = L2, epochs: int = 2, **kwargs: Any) -> nn.Module:
@@ -170,7 +165,7 @@ def test_the_l1_sum_is_computed_before_the_forward_pass() -> None:
         model.recorder = recorder
         model.training_step(batch, 0)
     before, during = recorder.ops[: model.started_at], recorder.ops[model.started_at :]
-    assert sum("aten.abs" in op for op in before) == len(model.regularizer.parameters)
+    assert sum("aten.abs" in op for op in before) == len(model.regularizer.regularized_parameters)
     assert not [op for op in during if "aten.abs" in op]
 
 
@@ -219,13 +214,6 @@ def test_l2_zero_leaves_the_optimizer_as_built() -> None:
     (optimizer,) = trainer.optimizers
     assert len(optimizer.param_groups) == 1
     assert "name" not in optimizer.param_groups[0]
-
-
-class Scheduled(RegRegression):
-    def configure_optimizers(self) -> Any:
-        optimizer = torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
-        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=2, gamma=0.5)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
 def test_a_scheduler_drives_every_group_after_the_split(tmp_path: Any) -> None:
@@ -373,10 +361,6 @@ def test_the_mixin_must_come_first() -> None:
 
         class Wrong(L.LightningModule, RegularizedModule):  # type: ignore[misc]
             pass
-
-
-class Manual(ManualOptimization, RegRegression):
-    """Manual optimization, as a user writes it: nothing about regularization in the step."""
 
 
 def test_manual_optimization_is_regularized_without_changing_the_users_code() -> None:

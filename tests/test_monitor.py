@@ -15,15 +15,7 @@ import lightning.pytorch as L
 import numpy as np
 import pytest
 import torch
-from helpers import (
-    LitRegression,
-    RecordOps,
-    RegRegression,
-    assert_same_weights,
-    loader,
-    quiet_trainer,
-    regression_data,
-)
+from helpers import LitRegression, RecordOps, RegRegression, assert_same_weights, fit
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
@@ -69,17 +61,18 @@ def read_csv(logger: CSVLogger) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def fit(model: L.LightningModule, callbacks: list[L.Callback], logger: Any, **kwargs: Any) -> L.Trainer:
+def fit_logged(
+    model: L.LightningModule, callbacks: list[L.Callback], logger: Any, **kwargs: Any
+) -> L.Trainer:
+    """:func:`helpers.fit` with these callbacks and logger, ``log_every_n_steps=1`` unless told otherwise."""
     kwargs.setdefault("log_every_n_steps", 1)
-    trainer = quiet_trainer(max_epochs=2, logger=logger, callbacks=callbacks, **kwargs)
-    trainer.fit(model, loader(regression_data()))
-    return trainer
+    return fit(model, callbacks=callbacks, logger=logger, **kwargs)
 
 
 def test_csv_values_are_the_formulas_over_the_weights_at_that_step(tmp_path: Path) -> None:
     logger, snapshots = CSVLogger(tmp_path), Snapshots()
     monitor = RegularizationMonitor(log_every_n_steps=4, per_layer=True)
-    fit(RegRegression(l1=L1, l2=L2), [monitor, snapshots], logger)
+    fit_logged(RegRegression(l1=L1, l2=L2), [monitor, snapshots], logger)
     rows = [row for row in read_csv(logger) if row.get("reg/l1_norm")]
     assert [int(row["step"]) for row in rows] == [3, 7, 11]  # 12 optimizer steps, every 4th
     for row in rows:
@@ -103,7 +96,7 @@ def read_events(logger: TensorBoardLogger) -> Any:
 
 def test_tensorboard_receives_the_same_values(tmp_path: Path) -> None:
     logger, snapshots = TensorBoardLogger(tmp_path), Snapshots()
-    fit(RegRegression(l1=L1, l2=L2), [RegularizationMonitor(log_every_n_steps=6), snapshots], logger)
+    fit_logged(RegRegression(l1=L1, l2=L2), [RegularizationMonitor(log_every_n_steps=6), snapshots], logger)
     events = read_events(logger)
     for key, want_at in (("reg/l1_penalty", "reg/l1_penalty"), ("reg/l2_norm", "reg/l2_norm")):
         scalars = events.Scalars(key)
@@ -130,7 +123,7 @@ def assert_histogram_of(histogram: Any, weight: np.ndarray) -> None:
 def test_tensorboard_gets_a_histogram_of_each_weight_at_each_logging_step(tmp_path: Path) -> None:
     logger, snapshots = TensorBoardLogger(tmp_path), Snapshots()
     model = RegRegression(l1=L1, l2=L2)
-    fit(model, [RegularizationMonitor(log_every_n_steps=4, histograms=True), snapshots], logger)
+    fit_logged(model, [RegularizationMonitor(log_every_n_steps=4, histograms=True), snapshots], logger)
     events = read_events(logger)
     assert sorted(events.Tags()["histograms"]) == HISTOGRAM_TAGS  # the regularized weights, no bias
     assert [s.step for s in events.Scalars("reg/l1_norm")] == [3, 7, 11]
@@ -146,7 +139,7 @@ def test_tensorboard_gets_a_histogram_of_each_weight_at_each_logging_step(tmp_pa
 
 def test_no_histograms_unless_asked(tmp_path: Path) -> None:
     logger = TensorBoardLogger(tmp_path)
-    fit(RegRegression(l1=L1, l2=L2), [RegularizationMonitor(log_every_n_steps=4)], logger)
+    fit_logged(RegRegression(l1=L1, l2=L2), [RegularizationMonitor(log_every_n_steps=4)], logger)
     events = read_events(logger)
     assert events.Tags()["histograms"] == []
     assert [s.step for s in events.Scalars("reg/l1_norm")] == [3, 7, 11]
@@ -157,7 +150,7 @@ def test_histograms_with_only_a_csv_logger_warn_once_and_training_runs(tmp_path:
     monitor = RegularizationMonitor(log_every_n_steps=4, histograms=True)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        trainer = fit(RegRegression(l1=L1, l2=L2), [monitor, snapshots], logger)
+        trainer = fit_logged(RegRegression(l1=L1, l2=L2), [monitor, snapshots], logger)
     ours = [w for w in caught if "RegularizationMonitor" in str(w.message)]
     assert len(ours) == 1
     assert issubclass(ours[0].category, UserWarning)
@@ -175,7 +168,7 @@ def test_histograms_go_to_the_tensorboard_logger_among_several(tmp_path: Path) -
     csv_logger, tensorboard = CSVLogger(tmp_path / "csv"), TensorBoardLogger(tmp_path / "tb")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        fit(
+        fit_logged(
             RegRegression(l1=L1, l2=L2),
             [RegularizationMonitor(log_every_n_steps=6, histograms=True)],
             [csv_logger, tensorboard],
@@ -195,7 +188,7 @@ def test_a_weight_with_nan_gets_no_histogram_and_one_warning(tmp_path: Path) -> 
     logger = TensorBoardLogger(tmp_path)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        trainer = fit(model, [RegularizationMonitor(log_every_n_steps=2, histograms=True)], logger)
+        trainer = fit_logged(model, [RegularizationMonitor(log_every_n_steps=2, histograms=True)], logger)
     messages = sorted(str(w.message) for w in caught if "NaN or infinite" in str(w.message))
     assert len(messages) == 2  # once per parameter, not once per logging step
     assert "net.0.weight" in messages[0]
@@ -228,7 +221,7 @@ def test_sparsity_and_near_zero_count_planted_values(tmp_path: Path) -> None:
         last.fill_(-0.25)
         last[0, :6] = 1e-4  # 6 more below the tolerance
     logger = CSVLogger(tmp_path)
-    fit(model, [RegularizationMonitor(log_every_n_steps=1, per_layer=True)], logger)
+    fit_logged(model, [RegularizationMonitor(log_every_n_steps=1, per_layer=True)], logger)
     row = [row for row in read_csv(logger) if row.get("reg/sparsity")][-1]
     assert float(row["reg/sparsity"]) == 40 / 96
     assert float(row["reg/near_zero"]) == 46 / 96
@@ -248,14 +241,14 @@ def test_a_run_with_the_monitor_is_bitwise_a_run_without(tmp_path: Path, histogr
         log_every_n_steps=1, per_layer=True, near_zero_tol=0.5, histograms=histograms
     )
     logger = TensorBoardLogger(tmp_path / "a") if histograms else CSVLogger(tmp_path / "a")
-    fit(with_monitor, [monitor], logger)
-    fit(without, [], CSVLogger(tmp_path / "b"))
+    fit_logged(with_monitor, [monitor], logger)
+    fit_logged(without, [], CSVLogger(tmp_path / "b"))
     assert_same_weights(with_monitor, without)
 
 
 def test_any_lightning_module_gets_norms_but_no_penalties(tmp_path: Path) -> None:
     logger, snapshots = CSVLogger(tmp_path), Snapshots()
-    fit(LitRegression(), [RegularizationMonitor(log_every_n_steps=12), snapshots], logger)
+    fit_logged(LitRegression(), [RegularizationMonitor(log_every_n_steps=12), snapshots], logger)
     (row,) = [row for row in read_csv(logger) if row.get("reg/l1_norm")]
     assert "reg/l1_penalty" not in row
     assert "reg/l2_penalty" not in row
@@ -265,7 +258,7 @@ def test_any_lightning_module_gets_norms_but_no_penalties(tmp_path: Path) -> Non
 
 def test_with_accumulation_it_logs_after_optimizer_steps_only(tmp_path: Path) -> None:
     logger, snapshots = CSVLogger(tmp_path), Snapshots()
-    fit(
+    fit_logged(
         RegRegression(l1=L1, l2=L2),
         [RegularizationMonitor(log_every_n_steps=2), snapshots],
         logger,
@@ -280,7 +273,7 @@ def test_with_accumulation_it_logs_after_optimizer_steps_only(tmp_path: Path) ->
 
 def test_default_interval_is_the_trainers(tmp_path: Path) -> None:
     logger = CSVLogger(tmp_path)
-    fit(RegRegression(l1=L1), [RegularizationMonitor()], logger, log_every_n_steps=5)
+    fit_logged(RegRegression(l1=L1), [RegularizationMonitor()], logger, log_every_n_steps=5)
     steps = [int(row["step"]) for row in read_csv(logger) if row.get("reg/l1_norm")]
     assert steps == [4, 9]
 
@@ -302,7 +295,7 @@ def test_no_tensor_work_and_so_no_host_sync_on_steps_that_do_not_log(
 ) -> None:
     monitor = CountingMonitor(log_every_n_steps=5, histograms=histograms)
     logger = TensorBoardLogger(tmp_path) if histograms else CSVLogger(tmp_path)
-    fit(RegRegression(l1=L1, l2=L2), [monitor], logger)
+    fit_logged(RegRegression(l1=L1, l2=L2), [monitor], logger)
     if histograms:
         assert isinstance(logger, TensorBoardLogger)
         assert [h.step for h in read_events(logger).Histograms(HISTOGRAM_TAGS[0])] == [4, 9]
@@ -340,7 +333,7 @@ def test_a_trainer_without_logger_is_refused_before_training() -> None:
     model = RegRegression(l1=L1)
     before = copy.deepcopy(model)
     with pytest.raises(MisconfigurationException, match="RegularizationMonitor needs a logger"):
-        fit(model, [RegularizationMonitor()], logger=False)
+        fit_logged(model, [RegularizationMonitor()], logger=False)
     assert_same_weights(model, before)
 
 
@@ -353,7 +346,7 @@ def test_group_penalty_and_dead_units_over_columns(tmp_path: Path) -> None:
         last.fill_(-1.0)
         last[0, :4] = 0.0  # 4 of 16 columns dead
     logger = CSVLogger(tmp_path)
-    fit(model, [RegularizationMonitor(log_every_n_steps=1, per_layer=True)], logger)
+    fit_logged(model, [RegularizationMonitor(log_every_n_steps=1, per_layer=True)], logger)
     row = [row for row in read_csv(logger) if row.get("reg/dead_units")][-1]
     assert float(row["reg/dead_units"]) == (2 + 4) / (5 + 16)
     assert float(row["reg/dead_units/net.0.weight"]) == 2 / 5

@@ -17,12 +17,13 @@ import pytest
 import torch
 from helpers import (
     Batch,
-    ManualOptimization,
+    Manual,
     RegRegression,
+    Scheduled,
     assert_same_weights,
+    fit,
     loader,
     make_net,
-    quiet_trainer,
     regression_data,
 )
 from torch import Tensor, nn
@@ -50,12 +51,6 @@ def expected_strengths(net: nn.Module) -> dict[nn.Parameter, tuple[float, float]
         p["3.weight"]: (L1, L2),  # no rule: dim > 1, module-wide values
         p["3.bias"]: (L1, B),  # rule net.3.bias: its l2, the module-wide l1
     }
-
-
-def fit(model: Any, epochs: int = 2, **trainer_kwargs: Any) -> Any:
-    trainer = quiet_trainer(max_epochs=epochs, **trainer_kwargs)
-    trainer.fit(model, loader(regression_data()))
-    return trainer
 
 
 def by_hand(
@@ -121,15 +116,8 @@ def test_the_rules_change_the_result() -> None:
         assert_same_weights(plain.net, by_hand(l1_step, hand_groups))
 
 
-class Scheduled(RegRegression):
-    def configure_optimizers(self) -> Any:
-        optimizer = torch.optim.SGD(self.parameters(), lr=LR, momentum=0.9)
-        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=2, gamma=0.5)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-
 def test_a_scheduler_drives_every_per_strength_group() -> None:
-    model = Scheduled(l1=L1, l2=L2, rules=RULES)
+    model = Scheduled(l1=L1, l2=L2, lr=LR, rules=RULES)
     trainer = fit(model)
     (optimizer,) = trainer.optimizers
     assert [g["name"] for g in optimizer.param_groups] == ["decay", f"decay/{B!r}", "no_decay"]
@@ -214,11 +202,8 @@ def test_proximal_group_shrink_uses_each_parameters_group_l1() -> None:
         torch.testing.assert_close(by_name(reg_net)[name], want, rtol=1e-6, atol=1e-7, msg=name)
 
 
-class Manual(ManualOptimization, RegRegression):
-    """Manual optimization: the loss-mode terms arrive as gradients, each with its own strength."""
-
-
 def test_manual_optimization_adds_each_parameters_gradient() -> None:
+    """Manual optimization: the loss-mode terms arrive as gradients, each with its own strength."""
     model = Manual(l1=L1, l2=L2, rules=RULES)
     fit(model)
     assert_same_weights(model.net, by_hand(l1_step, hand_groups))
@@ -293,7 +278,7 @@ def test_exclude_and_no_weight_decay_beat_rules() -> None:
     net = Declares(*make_net())
     chosen = select_parameters(net, exclude=["3.*"], rules={"*": {"l1": 1.0}})
     assert [name for name, _ in chosen.regularized] == ["0.weight", "2.weight", "2.bias"]
-    assert chosen.rule_of == ("*", "*", "*")
+    assert [strength.l1 for strength in chosen.strengths] == [1.0, 1.0, 1.0]  # the rule's, not the default 0
     assert chosen.unmatched_rules == ()
 
 

@@ -147,7 +147,7 @@ def test_a_monitor_that_was_not_logged_is_named_with_the_logged_ones() -> None:
         ({"l1": [True]}, "Invalid l1: [True]"),
         ({"group_l1": ["0.1"]}, "Invalid group_l1: ['0.1']"),
         ({}, "nothing to sweep: give at least one of l1, l2, group_l1"),
-        ({"l1": [1e-3], "mode": "maximize"}, "Invalid mode: 'maximize' (expected 'min' or 'max')"),
+        ({"l1": [1e-3], "mode": "maximize"}, "Invalid mode: 'maximize' (expected one of 'min', 'max')"),
         ({"l1": [1e-3], "monitor": ""}, "Invalid monitor: ''"),
         ({"l1": [1e-3], "monitor": "sparsity"}, "Invalid monitor: 'sparsity'"),
         ({"l1": [1e-3], "trainer_kwargs": {"max_epoch": 1}}, "Invalid trainer_kwargs: ['max_epoch']"),
@@ -415,9 +415,9 @@ def test_the_sweep_command_searches_with_optuna_into_a_storage(
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--l1", "-1"], "argument --l1: expected a finite number >= 0, got '-1'"),
-        (["--l2", "nan"], "argument --l2: expected a finite number >= 0, got 'nan'"),
-        (["--n-trials", "0"], "argument --n-trials: expected a positive integer, got '0'"),
+        (["--l1", "-1"], "argument --l1: invalid value '-1' (expected a finite number >= 0)"),
+        (["--l2", "nan"], "argument --l2: invalid value 'nan' (expected a finite number >= 0)"),
+        (["--n-trials", "0"], "argument --n-trials: invalid value '0' (expected an integer >= 1)"),
         (["--sampler", "grid"], "argument --sampler: invalid choice: 'grid'"),
         (["--storage", "sqlite:///s.db"], "Invalid storage: 'sqlite:///s.db' without n_trials"),
         (["--l1", "0", "1e-3", "--n-trials", "2"], "Invalid l1: [0.0, 0.001]"),

@@ -13,9 +13,13 @@ import lightning.pytorch as L
 import pytest
 import torch
 from helpers import (
-    ManualOptimization,
+    Manual,
     RegRegression,
+    Scheduled,
     assert_same_weights,
+    fit,
+    fit_straight_and_resumed,
+    fused_adamw_under_a_grad_scaler,
     loader,
     make_net,
     quiet_trainer,
@@ -36,7 +40,7 @@ def recipe_step(net: nn.Module, x: Tensor, y: Tensor, l1: float = L1) -> Tensor:
 
 def test_accumulated_micro_batches_equal_one_large_batch() -> None:
     model = RegRegression(l1=L1, l2=L2)
-    quiet_trainer(max_epochs=2, accumulate_grad_batches=2).fit(model, loader(regression_data(), batch_size=4))
+    fit(model, batch_size=4, accumulate_grad_batches=2)
     expected = make_net()
     optimizer = torch.optim.SGD(seed_param_groups(expected, L2), lr=0.05)
     for _ in range(2):
@@ -50,7 +54,7 @@ def test_accumulated_micro_batches_equal_one_large_batch() -> None:
 
 def test_the_penalty_gradient_is_clipped_with_the_rest() -> None:
     model = RegRegression(l1=0.05, l2=L2)
-    quiet_trainer(max_epochs=2, gradient_clip_val=0.1).fit(model, loader(regression_data()))
+    fit(model, gradient_clip_val=0.1)
     expected = make_net()
     optimizer = torch.optim.SGD(seed_param_groups(expected, L2), lr=0.05)
     clipped = 0
@@ -92,7 +96,7 @@ def reference_mixed(
 
 def test_bf16_mixed_precision_keeps_the_penalty() -> None:
     model = RegRegression(l1=L1, l2=L2)
-    quiet_trainer(max_epochs=2, precision="bf16-mixed").fit(model, loader(regression_data()))
+    fit(model, precision="bf16-mixed")
     assert_same_weights(model.net, reference_mixed(torch.bfloat16, scaler=None))
 
 
@@ -111,24 +115,14 @@ def test_a_grad_scaler_neither_loses_nor_doubles_the_penalty() -> None:
     assert_same_weights(model.net, reference)
 
 
-class ManualRegRegression(ManualOptimization, RegRegression):
-    pass
-
-
 def test_manual_optimization_under_a_grad_scaler_adds_the_unscaled_penalty_gradient() -> None:
-    model = ManualRegRegression(l1=L1, l2=L2)
+    model = Manual(l1=L1, l2=L2)
     scaled_trainer().fit(model, loader(regression_data()))
     reference = reference_mixed(
         torch.float16, torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=3)
     )
     for got, want in zip(model.net.parameters(), reference.parameters(), strict=True):
         torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
-
-
-class Scheduled(RegRegression):
-    def configure_optimizers(self) -> Any:
-        optimizer = torch.optim.Adam(self.parameters(), lr=0.01)
-        return [optimizer], [torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.7)]
 
 
 @pytest.mark.parametrize(
@@ -141,24 +135,16 @@ class Scheduled(RegRegression):
     ids=["loss-and-weight-decay", "proximal-and-decoupled", "l1-warm-up"],
 )
 def test_resuming_from_a_checkpoint_continues_bit_for_bit(tmp_path: Path, options: dict[str, Any]) -> None:
-    straight = Scheduled(**options)
-    quiet_trainer(max_epochs=4).fit(straight, loader(regression_data()))
-
-    first = Scheduled(**options)
-    trainer = quiet_trainer(max_epochs=2)
-    trainer.fit(first, loader(regression_data()))
-    trainer.save_checkpoint(tmp_path / "half.ckpt")
-    resumed = Scheduled(**options)
-    resume = quiet_trainer(max_epochs=4)
-    resume.fit(resumed, loader(regression_data()), ckpt_path=tmp_path / "half.ckpt", weights_only=True)
+    straight, resumed, resume = fit_straight_and_resumed(
+        lambda: Scheduled(adam=True, lr=0.01, **options), tmp_path / "half.ckpt"
+    )
     assert_same_weights(resumed, straight)
     assert resume.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.01 * 0.7**4)
 
 
 def test_checkpoints_load_with_weights_only(tmp_path: Path) -> None:
-    model = Scheduled(l1=0.5, l2=L2, l1_mode="proximal", exclude=["net.3.*"])
-    trainer = quiet_trainer(max_epochs=1)
-    trainer.fit(model, loader(regression_data()))
+    model = Scheduled(adam=True, lr=0.01, l1=0.5, l2=L2, l1_mode="proximal", exclude=["net.3.*"])
+    trainer = fit(model, epochs=1)
     trainer.save_checkpoint(tmp_path / "model.ckpt")
     checkpoint = torch.load(tmp_path / "model.ckpt", weights_only=True)
     assert checkpoint["hyper_parameters"]["l1_mode"] == "proximal"
@@ -170,7 +156,7 @@ def test_a_torch_compiled_module_is_regularized_exactly() -> None:
     """``trainer.fit(torch.compile(model))``: Lightning unwraps the module and compiles its forward."""
     model = RegRegression(l1=L1, l2=L2)
     compiled = torch.compile(model, backend="eager")  # the compiler does not matter here; eager is quick
-    quiet_trainer(max_epochs=2).fit(compiled, loader(regression_data()))  # type: ignore[arg-type]
+    fit(compiled)  # type: ignore[arg-type]
     assert_same_weights(
         model.net, train_reference(make_net(), loader(regression_data()), l1=L1, l2=L2, epochs=2)
     )
@@ -185,7 +171,7 @@ class CompiledInside(RegRegression):
 def test_a_module_with_a_compiled_submodule_is_regularized_exactly() -> None:
 
     model = CompiledInside(l1=L1, l2=L2, exclude=["net._orig_mod.3.*"])
-    quiet_trainer(max_epochs=2).fit(model, loader(regression_data()))
+    fit(model)
     assert model.regularizer.names == ["net._orig_mod.0.weight"]
     expected = make_net()
     optimizer = torch.optim.SGD(
@@ -203,7 +189,7 @@ def test_a_module_with_a_compiled_submodule_is_regularized_exactly() -> None:
     assert_same_weights(model.net._orig_mod, expected)
 
 
-class FusedManual(ManualRegRegression):
+class FusedManual(Manual):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=0.01, fused=True)
 
@@ -242,35 +228,7 @@ def test_steps_a_fused_optimizer_skips_for_inf_gradients_skip_decay_and_threshol
     }
     model = FusedAdam(**options)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**20, growth_interval=3)
-    trainer = quiet_trainer(max_epochs=2, plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)])
-    trainer.fit(model, loader(regression_data()))
-
-    expected = make_net()
-    weights = [p for p in expected.parameters() if p.dim() > 1]
-    adamw = torch.optim.AdamW(
-        [
-            {"params": weights, "weight_decay": 0.1},
-            {"params": [p for p in expected.parameters() if p.dim() <= 1], "weight_decay": 0.0},
-        ],
-        lr=0.01,
-        fused=True,
-    )
-    reference_scaler = torch.amp.GradScaler("cpu", init_scale=2.0**20, growth_interval=3)
-    skipped = 0
-    for _ in range(2):
-        for x, y in loader(regression_data()):
-            adamw.zero_grad()
-            with torch.autocast("cpu", dtype=torch.float16):
-                loss = nn.functional.mse_loss(expected(x), y)
-            reference_scaler.scale(loss).backward()
-            scale = reference_scaler.get_scale()
-            reference_scaler.step(adamw)
-            reference_scaler.update()
-            if reference_scaler.get_scale() < scale:  # the step was skipped
-                skipped += 1
-                continue
-            with torch.no_grad():
-                for w in weights:
-                    w.copy_(torch.sign(w) * torch.clamp(w.abs() - 0.01 * 0.5, min=0))
+    fit(model, plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)])
+    expected, skipped = fused_adamw_under_a_grad_scaler(0.01, 0.1, lambda optimizer, w: 0.01 * 0.5)
     assert 0 < skipped < 12, "the test needs skipped and taken steps"
     assert_same_weights(model.net, expected)

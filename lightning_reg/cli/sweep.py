@@ -1,15 +1,25 @@
-"""The ``lightning-reg`` command."""
+"""``lightning-reg sweep``: the demo's MLP trained once per strength, by :func:`~lightning_reg.sweeps.sweep`.
+
+A grid of strengths (``--l1 1e-5 1e-4 1e-3``), or an Optuna search over their ranges (``--n-trials``),
+on the digits split of :mod:`lightning_reg.demos.digits`; the command prints one row per point (the
+monitored value, the sparsity of the weights, the seconds) and the best strengths.
+"""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import sys
-from collections.abc import Iterator, Sequence
 from typing import Any
 
-from lightning_reg.sweep import SAMPLERS, SweepResult
+from lightning_reg.cli.arguments import parse_png_path, parse_positive_int, parse_seed, parse_strength
+from lightning_reg.cli.demo import GROUP_BY, describe_setup
+from lightning_reg.cli.quiet import quiet_lightning, quiet_optuna
+from lightning_reg.cli.table import format_strength, format_table
+from lightning_reg.demos.digits import TRAIN_SIZE, RegularizedDigitsMLP, load_digits_split
+from lightning_reg.optional import require
+from lightning_reg.options import L1_MODES, STRENGTH_NAMES
+from lightning_reg.sweeps import SAMPLERS, SweepResult, check_arguments, sweep
 
 #: The strengths ``lightning-reg sweep`` tries when none is given: a short log grid of loss-mode L1.
 DEFAULT_L1 = (1e-5, 1e-4, 1e-3)
@@ -19,62 +29,28 @@ SWEEP_EPOCHS = 20
 SWEEP_MONITORS = {"val_loss": "min", "val_acc": "max"}
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``lightning-reg`` with ``argv`` (default: the command line); return the exit status."""
-    parser = argparse.ArgumentParser(prog="lightning-reg", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser(
-        "demo", help="train an MLP on digits without and with L2, L1, Elastic Net and their proximal forms"
-    )
-    sweep = commands.add_parser(
-        "sweep",
-        help="train the demo's MLP once per strength (a grid, or an Optuna search); print the validation "
-        "loss and sparsity of each",
-    )
-    from lightning_reg.demo import add_arguments, run
-
-    add_arguments(demo)
-    add_sweep_arguments(sweep)
-    args = parser.parse_args(argv)
-    if args.command == "sweep":
-        return run_sweep(args, sweep)
-    return run(args)
-
-
-def _strength(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
-    return value
-
-
-def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``lightning-reg sweep`` to its subcommand parser."""
-    from lightning_reg.demo import parse_png_path, parse_positive_int, parse_seed
-
     parser.description = (
         "Train the demo's MLP (scikit-learn's digits, 200 training images) once per point of a grid of "
         "strengths, or per Optuna trial with --n-trials, from the same initial weights; print the "
         "monitored value, the sparsity of the weights and the seconds of each, and the best strengths. "
         f"Without --l1, --l2 or --group-l1: --l1 {' '.join(f'{value:g}' for value in DEFAULT_L1)}."
     )
-    for flag in ("--l1", "--l2", "--group-l1"):
+    for name in STRENGTH_NAMES:
         parser.add_argument(
-            flag,
-            type=_strength,
+            "--" + name.replace("_", "-"),
+            type=parse_strength,
             nargs="+",
             metavar="X",
             help="values of the grid; with --n-trials, the range [min, max] searched on a log scale",
         )
     parser.add_argument(
         "--l1-mode",
-        choices=("loss", "proximal"),
+        choices=L1_MODES,
         default="loss",
-        help="how l1 and group l1 reach the weights (default loss); with Adam, proximal strengths that "
-        "zero weights are about 1e4 times the loss-mode ones (0.1 to 1)",
+        help="how l1 and group l1 reach the weights (default loss); proximal thresholds each weight by l1 "
+        "times the step Adam applied to it, so its strengths compare with the loss-mode ones",
     )
     parser.add_argument(
         "--monitor",
@@ -109,16 +85,13 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run_sweep(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    """Run ``lightning-reg sweep`` with the options of :func:`add_sweep_arguments`; return the status.
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Run ``lightning-reg sweep`` with the options of :func:`add_arguments`; return the status.
 
-    Arguments that :func:`~lightning_reg.sweep.sweep` refuses are reported by ``parser`` (status 2)
+    Arguments that :func:`~lightning_reg.sweeps.sweep` refuses are reported by ``parser`` (status 2)
     before the data are loaded; a missing optional dependency is reported with status 1.
     """
-    from lightning_reg import demo
-    from lightning_reg.sweep import check_arguments, sweep
-
-    strengths: dict[str, Any] = {"l1": args.l1, "l2": args.l2, "group_l1": args.group_l1}
+    strengths: dict[str, Any] = {name: getattr(args, name) for name in STRENGTH_NAMES}
     if all(value is None for value in strengths.values()):
         strengths["l1"] = list(DEFAULT_L1)
     options: dict[str, Any] = {
@@ -139,27 +112,27 @@ def run_sweep(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     }
     built = 0
 
-    def make_model(**point: Any) -> demo.RegularizedDigitsMLP:
+    def make_model(**point: Any) -> RegularizedDigitsMLP:
         nonlocal built
         built += 1
         total = args.n_trials or math.prod(len(values) for values in strengths.values() if values)
         values = ", ".join(f"{name}={value:.3g}" for name, value in point.items())
         print(f"[{built}/{total}] {values}", file=sys.stderr, flush=True)
-        return demo.RegularizedDigitsMLP(**point, l1_mode=args.l1_mode, group_by=demo.GROUP_BY)
+        return RegularizedDigitsMLP(**point, l1_mode=args.l1_mode, group_by=GROUP_BY)
 
     try:
         check_arguments(make_model, strengths, **options)
         if args.plot is not None:
-            demo.require("matplotlib.figure")
-        data = demo.load_digits_split(demo.TRAIN_SIZE, args.seed)
+            require("matplotlib.figure", "the demo", "demo")
+        data = load_digits_split(TRAIN_SIZE, args.seed)
     except ValueError as error:
         parser.error(str(error))
     except ImportError as error:  # Optuna (with --n-trials), scikit-learn or matplotlib
         print(f"lightning-reg sweep: {error}", file=sys.stderr)
         return 1
-    with demo.quiet_lightning(), _quiet_optuna(args.n_trials is not None):
+    with quiet_lightning(), quiet_optuna(args.n_trials is not None):
         result = sweep(make_model, data.train_loader(), data.eval_loaders(), **strengths, **options)
-    print(f"{demo.describe_setup(data, args.epochs, args.seed)}; l1_mode {args.l1_mode}")
+    print(f"{describe_setup(data, args.epochs, args.seed)}; l1_mode {args.l1_mode}")
     print()
     print(format_sweep_table(result))
     print()
@@ -169,22 +142,6 @@ def run_sweep(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         result.plot(args.plot)
         print(f"figure: {args.plot}")
     return 0
-
-
-@contextlib.contextmanager
-def _quiet_optuna(active: bool) -> Iterator[None]:
-    """Lower Optuna's log level to warnings until the exit: the command prints its own progress."""
-    if not active:
-        yield
-        return
-    import optuna
-
-    level = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        yield
-    finally:
-        optuna.logging.set_verbosity(level)
 
 
 def format_sweep_table(result: SweepResult) -> str:
@@ -199,21 +156,12 @@ def format_sweep_table(result: SweepResult) -> str:
     header = (*result.names, result.monitor, "sparsity", "seconds")
     rows = [
         (
-            *("0" if row[name] == 0 else f"{row[name]:.2e}" for name in result.names),
+            *(format_strength(row[name], 2) for name in result.names),
             f"{row[result.monitor]:.4f}",
             f"{row['sparsity']:.3f}",
             f"{row['seconds']:.1f}",
         )
         for row in result.table
     ]
-    widths = [max(len(row[column]) for row in [header, *rows]) for column in range(len(header))]
-    left = len(result.names)  # the strengths are left-aligned, the measurements right-aligned
-
-    def line(cells: Sequence[str]) -> str:
-        text = [
-            cell.ljust(width) if column < left else cell.rjust(width)
-            for column, (cell, width) in enumerate(zip(cells, widths, strict=True))
-        ]
-        return "  ".join(text).rstrip()
-
-    return "\n".join([line(header), line(tuple("-" * width for width in widths)), *map(line, rows)])
+    # the strengths are left-aligned, the measurements right-aligned
+    return format_table(header, rows, left=len(result.names))

@@ -15,8 +15,10 @@ the proximal step sets them exactly to zero, and the group term removes whole un
 thresholds each weight by its strength times the step Adam has just applied to it (the default
 ``proximal_threshold="optimizer"``), so its strengths compare with the loss-mode ones.
 
-scikit-learn (the data) and matplotlib (``--plot``) come with the ``demo`` extra and are imported only
-when the demo runs.
+The data and the model are :mod:`lightning_reg.demos.digits`'s; this module holds the variants, their
+training, the table and the options, and :mod:`~lightning_reg.cli.demo_plot` the figure. scikit-learn
+(the data) and matplotlib (``--plot``) come with the ``demo`` extra and are imported only when the demo
+runs.
 """
 
 from __future__ import annotations
@@ -24,41 +26,36 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import importlib
-import logging
 import sys
 import tempfile
 import time
-import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
-from typing import Any, NamedTuple, TextIO
+from typing import NamedTuple, TextIO
 
 import lightning.pytorch as L
-import torch
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger
-from torch import Tensor, nn
-from torch.utils.data import DataLoader, TensorDataset
-from torchmetrics.functional.classification import multiclass_accuracy
-from typing_extensions import override
 
-from lightning_reg.module import RegularizedModule
+from lightning_reg.cli.arguments import parse_png_path, parse_positive_int, parse_seed
+from lightning_reg.cli.demo_plot import CURVES, plot_results
+from lightning_reg.cli.progress import ProgressLine
+from lightning_reg.cli.quiet import quiet_lightning
+from lightning_reg.cli.table import format_strength, format_table
+from lightning_reg.demos.digits import (
+    DEPTH,
+    HIDDEN,
+    LR,
+    TRAIN_SIZE,
+    DigitsSplit,
+    RegularizedDigitsMLP,
+    load_digits_split,
+)
 from lightning_reg.monitor import RegularizationMonitor
+from lightning_reg.optional import MissingDependencyError, require
 from lightning_reg.options import GroupBy, L1Mode
-from lightning_reg.regularizer import NEAR_ZERO_TOL
+from lightning_reg.statistics import NEAR_ZERO_TOL
 
-INSTALL_HINT = "pip install 'lightning-reg[demo]'"
-_PACKAGES = {"sklearn": "scikit-learn"}  # import name -> distribution name, where they differ
-
-#: Training images: 20 per class (stratified); the remaining 1597 images are the validation split.
-TRAIN_SIZE = 200
-#: Width and number of hidden layers of the MLP: far more weights than training images.
-HIDDEN, DEPTH = 512, 3
-#: Adam's learning rate; training is full-batch, one optimizer step per epoch.
-LR = 2e-3
 #: Default number of epochs; every variant fits the training split perfectly well before the end.
 EPOCHS = 200
 #: Default seed of the split, the initial weights and everything else random.
@@ -115,14 +112,6 @@ GROUP_L1_STRENGTH = 1e-3
 #: The groups of ``group_l1`` and of the dead-unit count, for every variant: rows (a unit's inputs).
 GROUP_BY: GroupBy = "rows"
 
-#: The monitor's metrics that the figure draws over the training steps.
-CURVES = ("reg/l1_norm", "reg/l2_norm")
-
-#: The evaluation splits, in the order of the validation dataloaders.
-EVAL_SPLITS = ("train", "val")
-
-Batch = tuple[Tensor, ...]
-
 
 class Variant(NamedTuple):
     """One row of the demo: a name and the options the model is built with."""
@@ -177,185 +166,6 @@ class VariantResult:
     def gap(self) -> float:
         """Training accuracy minus validation accuracy: how much the model overfits."""
         return self.train_acc - self.val_acc
-
-
-@dataclass(frozen=True)
-class DigitsSplit:
-    """The standardized digits, split into training and validation tensors."""
-
-    x_train: Tensor
-    y_train: Tensor
-    x_val: Tensor
-    y_val: Tensor
-
-    def train_loader(self) -> DataLoader[Batch]:
-        """The training split as one full batch per epoch."""
-        return _full_batch(self.x_train, self.y_train)
-
-    def eval_loaders(self) -> list[DataLoader[Batch]]:
-        """One full-batch loader per name in :data:`EVAL_SPLITS`."""
-        return [_full_batch(self.x_train, self.y_train), _full_batch(self.x_val, self.y_val)]
-
-
-class MissingDependencyError(ImportError):
-    """An optional dependency of the demo is not installed."""
-
-
-def require(module: str) -> ModuleType:
-    """Import an optional dependency, or explain how to install it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as error:
-        package = _PACKAGES.get(module.split(".")[0], module.split(".")[0])
-        raise MissingDependencyError(
-            f"the demo needs {package}, which is not installed: {INSTALL_HINT}"
-        ) from error
-
-
-def _full_batch(x: Tensor, y: Tensor) -> DataLoader[Batch]:
-    return DataLoader(TensorDataset(x, y), batch_size=len(x), shuffle=False)
-
-
-def load_digits_split(train_size: int = TRAIN_SIZE, seed: int = SEED) -> DigitsSplit:
-    """Load scikit-learn's bundled digits, split them stratified, standardize with training statistics.
-
-    Raises:
-        MissingDependencyError: scikit-learn is not installed.
-    """
-    datasets = require("sklearn.datasets")
-    model_selection = require("sklearn.model_selection")
-    preprocessing = require("sklearn.preprocessing")
-    x, y = datasets.load_digits(return_X_y=True)
-    x_train, x_val, y_train, y_val = model_selection.train_test_split(
-        x, y, train_size=train_size, stratify=y, random_state=seed
-    )
-    scaler = preprocessing.StandardScaler().fit(x_train)  # constant pixels keep a scale of 1
-
-    def features(values: Any) -> Tensor:
-        return torch.as_tensor(scaler.transform(values), dtype=torch.float32)
-
-    def labels(values: Any) -> Tensor:
-        return torch.as_tensor(values, dtype=torch.long)
-
-    return DigitsSplit(features(x_train), labels(y_train), features(x_val), labels(y_val))
-
-
-class DigitsMLP(L.LightningModule):
-    """A plain ReLU MLP classifier trained with Adam; it knows nothing about regularization.
-
-    Args:
-        hidden: width of each hidden layer.
-        depth: number of hidden layers.
-        lr: Adam's learning rate.
-        in_features: input size (64 pixels).
-        classes: number of classes.
-    """
-
-    def __init__(
-        self,
-        hidden: int = HIDDEN,
-        depth: int = DEPTH,
-        lr: float = LR,
-        in_features: int = 64,
-        classes: int = 10,
-    ) -> None:
-        super().__init__()
-        self.save_hyperparameters()
-        layers: list[nn.Module] = []
-        width = in_features
-        for _ in range(depth):
-            layers += [nn.Linear(width, hidden), nn.ReLU()]
-            width = hidden
-        layers.append(nn.Linear(width, classes))
-        self.net = nn.Sequential(*layers)
-        self.lr = lr
-        self.classes = classes
-
-    @override
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)  # type: ignore[no-any-return]
-
-    @override
-    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        x, y = batch
-        loss = nn.functional.cross_entropy(self(x), y)
-        self.log("data_loss", loss, on_step=False, on_epoch=True)
-        return loss
-
-    @override
-    def validation_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
-        x, y = batch
-        logits = self(x)
-        split = EVAL_SPLITS[dataloader_idx]
-        accuracy = multiclass_accuracy(logits, y, num_classes=self.classes, average="micro")
-        self.log(f"{split}_loss", nn.functional.cross_entropy(logits, y), add_dataloader_idx=False)
-        self.log(f"{split}_acc", accuracy, add_dataloader_idx=False)
-
-    @override
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.lr)
-
-
-class RegularizedDigitsMLP(RegularizedModule, DigitsMLP):
-    """:class:`DigitsMLP` with the regularization keywords: the mixin in front of an unchanged module."""
-
-
-class ProgressLine(Callback):
-    """Our own progress output: one updating line on a terminal, one line per variant otherwise.
-
-    Args:
-        label: the text before the epoch counter, e.g. ``"[2/4] L2"``.
-        stream: where to write; the line is updated in place only if it is a TTY.
-    """
-
-    def __init__(self, label: str, stream: TextIO) -> None:
-        self.label = label
-        self.stream = stream
-        self.interactive = stream.isatty()
-        self._width = 0
-
-    @override
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.interactive:
-            self._write(f"{self.label}  epoch {trainer.current_epoch + 1}/{trainer.max_epochs}", end="")
-
-    @override
-    def on_exception(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
-    ) -> None:
-        if self._width:  # end the updating line where it stopped
-            self.stream.write("\n")
-            self._width = 0
-
-    def finish(self, text: str) -> None:
-        """End the variant's line with ``text``."""
-        self._write(f"{self.label}  {text}", end="\n")
-
-    def _write(self, text: str, end: str) -> None:
-        if self.interactive:
-            text = "\r" + text.ljust(self._width)
-            self._width = len(text) - 1 if end == "" else 0
-        self.stream.write(text + end)
-        self.stream.flush()
-
-
-@contextlib.contextmanager
-def quiet_lightning() -> Iterator[None]:
-    """Silence Lightning's info logs and the warnings that do not apply to the demo, until the exit."""
-    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
-    levels = [logger.level for logger in loggers]
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
-        warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
-        warnings.filterwarnings("ignore", message=r".*GPU available but not used.*")
-        warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated.*")
-        for logger in loggers:
-            logger.setLevel(logging.ERROR)
-        try:
-            yield
-        finally:
-            for logger, level in zip(loggers, levels, strict=True):
-                logger.setLevel(level)
 
 
 def train_variant(
@@ -449,11 +259,29 @@ def train_all(
     return results
 
 
-def format_table(results: Sequence[VariantResult]) -> str:
+#: The columns of the demo's table; the text columns before ``train acc`` are left-aligned.
+COLUMNS = (
+    "variant",
+    "l1 mode",
+    "l1",
+    "group l1",
+    "l2",
+    "train acc",
+    "val acc",
+    "gap",
+    "val loss",
+    "sparsity",
+    "near-zero",
+    "dead units",
+    "seconds",
+)
+
+
+def format_results(results: Sequence[VariantResult]) -> str:
     """The results as an aligned text table, one row per variant.
 
     >>> result = VariantResult(Variant("L2", 0.0, 3e-4), 1.0, 0.875, 0.6123, 0.0, 0.25, 0.0, 3.14)
-    >>> print(format_table([result]))
+    >>> print(format_results([result]))
     variant  l1 mode  l1  group l1  l2     train acc  val acc  gap    val loss  sparsity  near-zero
       dead units  seconds
     -------  -------  --  --------  -----  ---------  -------  -----  --------  --------  ---------
@@ -461,28 +289,13 @@ def format_table(results: Sequence[VariantResult]) -> str:
     L2       -        0   0         3e-04      1.000    0.875  0.125     0.612     0.000      0.250
            0.000      3.1
     """
-    header = (
-        "variant",
-        "l1 mode",
-        "l1",
-        "group l1",
-        "l2",
-        "train acc",
-        "val acc",
-        "gap",
-        "val loss",
-        "sparsity",
-        "near-zero",
-        "dead units",
-        "seconds",
-    )
     rows = [
         (
             result.variant.name,
             result.variant.mode,
-            _strength(result.variant.l1),
-            _strength(result.variant.group_l1),
-            _strength(result.variant.l2),
+            format_strength(result.variant.l1, 0),
+            format_strength(result.variant.group_l1, 0),
+            format_strength(result.variant.l2, 0),
             f"{result.train_acc:.3f}",
             f"{result.val_acc:.3f}",
             f"{result.gap:.3f}",
@@ -494,82 +307,7 @@ def format_table(results: Sequence[VariantResult]) -> str:
         )
         for result in results
     ]
-    left = header.index("train acc")  # the text columns before it are left-aligned, the numbers right
-    widths = [max(len(row[column]) for row in [header, *rows]) for column in range(len(header))]
-    rule = tuple("-" * width for width in widths)
-
-    def line(cells: Sequence[str]) -> str:
-        text = [
-            cell.ljust(width) if column < left else cell.rjust(width)
-            for column, (cell, width) in enumerate(zip(cells, widths, strict=True))
-        ]
-        return "  ".join(text).rstrip()
-
-    return "\n".join([line(header), line(rule), *(line(row) for row in rows)])
-
-
-def _strength(value: float) -> str:
-    return "0" if value == 0 else f"{value:.0e}"
-
-
-def plot_results(results: Sequence[VariantResult], path: str | Path) -> None:
-    """Write a PNG figure: accuracies, gap, validation loss, zeros and dead units, the monitor's norms.
-
-    Raises:
-        MissingDependencyError: matplotlib is not installed.
-    """
-    figure_module = require("matplotlib.figure")
-    names = [result.variant.name for result in results]
-    positions = list(range(len(results)))
-    figure = figure_module.Figure(figsize=(16, 8.5), layout="constrained")
-    (accuracy, gap, loss), (weights, *norms) = figure.subplots(2, 3)
-    _grouped_bars(
-        accuracy,
-        {"train": [r.train_acc for r in results], "val": [r.val_acc for r in results]},
-        "accuracy after training",
-    )
-    accuracy.set_ylim(0, 1.15)
-    _grouped_bars(gap, {"gap": [r.gap for r in results]}, "train acc - val acc (gap): overfitting")
-    _grouped_bars(loss, {"val loss": [r.val_loss for r in results]}, "validation loss")
-    _grouped_bars(
-        weights,
-        {
-            f"|w| < {NEAR_ZERO_TOL:g}": [r.near_zero for r in results],
-            "w == 0": [r.sparsity for r in results],
-            "dead units": [r.dead_units for r in results],
-        },
-        f"fraction of regularized weights; of units (zero {GROUP_BY})",
-    )
-    weights.set_ylim(0, 1.15)
-    for ax in (accuracy, gap, loss, weights):
-        ax.set_xticks(positions, names, rotation=30, ha="right", fontsize=8)
-    for ax, name in zip(norms, CURVES, strict=True):
-        for result in results:
-            curve = result.curves.get(name, ())
-            ax.plot(
-                [step for step, _ in curve],
-                [value for _, value in curve],
-                label=result.variant.name,
-                linestyle="--" if result.variant.l1_mode == "proximal" else "-",
-            )
-        ax.set_title(f"{name}, logged by RegularizationMonitor")
-        ax.set_xlabel("training step")
-        ax.legend(fontsize=8)
-    figure.suptitle("Same MLP, seed, initial weights and data; only the regularization differs")
-    figure.savefig(path, format="png", dpi=100)
-
-
-def _grouped_bars(ax: Any, series: Mapping[str, Sequence[float]], title: str) -> None:
-    """Draw one group of bars per variant, one bar per series, labelled with its value."""
-    width = 0.8 / len(series)
-    narrow = len(series) > 2  # vertical labels, or they overlap
-    for index, (label, values) in enumerate(series.items()):
-        offset = (index - (len(series) - 1) / 2) * width
-        bars = ax.bar([x + offset for x in range(len(values))], values, width, label=label)
-        ax.bar_label(bars, fmt="%.3f", fontsize=7, rotation=90 if narrow else 0, padding=2)
-    ax.set_title(title)
-    if len(series) > 1:
-        ax.legend(loc="upper left", fontsize=8, ncols=len(series))
+    return format_table(COLUMNS, rows, left=COLUMNS.index("train acc"))
 
 
 def describe_setup(data: DigitsSplit, epochs: int, seed: int) -> str:
@@ -579,35 +317,6 @@ def describe_setup(data: DigitsSplit, epochs: int, seed: int) -> str:
         f"digits: {len(data.y_train)} training / {len(data.y_val)} validation images; "
         f"MLP {layers}; Adam lr {LR:g}, full batch, {epochs} epochs; seed {seed}"
     )
-
-
-def parse_positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def parse_seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value < 2**32:
-        raise argparse.ArgumentTypeError(f"expected an integer from 0 to 2**32 - 1, got {text!r}")
-    return value
-
-
-def parse_png_path(text: str) -> Path:
-    path = Path(text)
-    if not path.parent.is_dir():
-        raise argparse.ArgumentTypeError(
-            f"cannot write {text!r}: directory {str(path.parent)!r} does not exist"
-        )
-    return path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -641,7 +350,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the demo with the options parsed by :func:`add_arguments`; return the exit status."""
     try:
         if args.plot is not None:
-            require("matplotlib.figure")
+            require("matplotlib.figure", "the demo", "demo")
         data = load_digits_split(TRAIN_SIZE, args.seed)
     except MissingDependencyError as error:
         print(f"lightning-reg demo: {error}", file=sys.stderr)
@@ -656,7 +365,7 @@ def run(args: argparse.Namespace) -> int:
         results = train_all(data, epochs=args.epochs, seed=args.seed, log_dir=log_dir)
     print(describe_setup(data, args.epochs, args.seed))
     print()
-    print(format_table(results))
+    print(format_results(results))
     print()
     print(
         "gap = train acc - val acc; sparsity: fraction of the regularized weights exactly 0; near-zero: "
@@ -668,7 +377,7 @@ def run(args: argparse.Namespace) -> int:
         "ones; group l1 zeroes whole rows (dead units)."
     )
     if args.plot is not None:
-        plot_results(results, args.plot)
+        plot_results(results, args.plot, group_by=GROUP_BY)
         print(f"figure: {args.plot}")
     if keep_logs:
         print(f"CSV logs (reg/* metrics per step): {args.log_dir}/<variant>/version_*/metrics.csv")

@@ -15,25 +15,33 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as L
 import numpy as np
 import pytest
 import torch
 from helpers import (
     Batch,
-    ManualOptimization,
+    LinearRegression,
+    Manual,
     RegRegression,
+    Scheduled,
+    assert_lands_on,
     assert_same_weights,
+    design,
+    fit,
+    fit_straight_and_resumed,
+    fused_adamw_under_a_grad_scaler,
     loader,
+    loss_gradient,
     make_net,
-    quiet_trainer,
     regression_data,
+    soft_threshold,
+    step_size,
+    weights,
 )
 from lightning.pytorch.plugins.precision import MixedPrecision
 from sklearn.linear_model import ElasticNet, Lasso, MultiTaskLasso
-from test_exact_sparsity import LinearRegression, design, step_size
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from lightning_reg import RegularizedModule
 
@@ -77,13 +85,9 @@ def fit_full_batch(
     x: np.ndarray, y: np.ndarray, kind: str, options: dict[str, Any], steps: int, **regularization: Any
 ) -> RegCosine:
     model = RegCosine(kind=kind, options=options, steps=steps, outputs=y.shape[1], **regularization)
-    quiet_trainer(max_epochs=1).fit(model, DataLoader(FullBatch(x, y, steps), batch_size=None))
+    fit(model, epochs=1, data=FullBatch(x, y, steps), batch_size=None)
     assert model.trainer.global_step == steps
     return model
-
-
-def weights(model: RegCosine) -> tuple[np.ndarray, np.ndarray]:
-    return model.linear.weight.detach().numpy(), model.linear.bias.detach().numpy()
 
 
 def distance(model: RegCosine, coef: np.ndarray, intercept: Any) -> float:
@@ -91,20 +95,6 @@ def distance(model: RegCosine, coef: np.ndarray, intercept: Any) -> float:
     return float(
         max(np.abs(weight - coef.reshape(weight.shape)).max(), np.abs(bias - np.ravel(intercept)).max())
     )
-
-
-def assert_lands_on(model: RegCosine, coef: np.ndarray, intercept: Any) -> None:
-    weight, bias = weights(model)
-    np.testing.assert_allclose(weight, coef.reshape(weight.shape), atol=TOL, rtol=0)
-    np.testing.assert_allclose(bias, np.ravel(intercept), atol=TOL, rtol=0)
-    assert np.array_equal(weight == 0, coef.reshape(weight.shape) == 0), "the same exact zeros"
-
-
-def loss_gradient(model: RegCosine, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """d/dW of 0.5 * mean squared error at the trained weights (outputs x features)."""
-    weight, bias = weights(model)
-    gradient: np.ndarray = (x @ weight.T + bias - y).T @ x / len(x)
-    return gradient
 
 
 ALPHA = 0.15  # Lasso's alpha: 4 of the 8 coefficients are exactly 0
@@ -140,7 +130,7 @@ def test_proximal_l1_lands_on_lasso_with_each_optimizer(
 ) -> None:
     x, y, fitted = lasso
     model = fit_full_batch(x, y, kind, options, steps, l1=ALPHA, l1_mode="proximal")
-    assert_lands_on(model, fitted.coef_, fitted.intercept_)
+    assert_lands_on(model, fitted.coef_, fitted.intercept_, tol=TOL)
     # KKT of 0.5 * mse + alpha * |w|: g + alpha * sign(w) = 0 where w != 0, |g| <= alpha where w == 0
     g, w = loss_gradient(model, x, y).ravel(), weights(model)[0].ravel()
     np.testing.assert_allclose(g[w != 0] + ALPHA * np.sign(w[w != 0]), 0, atol=KKT_TOL)
@@ -156,7 +146,7 @@ def test_proximal_l1_with_adam_and_weight_decay_lands_on_elastic_net() -> None:
     assert model.trainer.optimizers[0].param_groups[0]["weight_decay"] == l2  # the "decay" group
     enet = ElasticNet(alpha=alpha, l1_ratio=rho, tol=1e-14, max_iter=100_000).fit(x, y.ravel())
     assert 0 < (enet.coef_ == 0).sum() < len(enet.coef_)
-    assert_lands_on(model, enet.coef_, enet.intercept_)
+    assert_lands_on(model, enet.coef_, enet.intercept_, tol=TOL)
     g, w = loss_gradient(model, x, y).ravel(), weights(model)[0].ravel()
     live = w != 0
     np.testing.assert_allclose(g[live] + l2 * w[live] + l1 * np.sign(w[live]), 0, atol=KKT_TOL)
@@ -173,7 +163,7 @@ def test_proximal_group_l1_with_adam_lands_on_multitask_lasso() -> None:
     mtl = MultiTaskLasso(alpha=alpha, tol=1e-14, max_iter=100_000).fit(x, y)
     dead = np.all(mtl.coef_ == 0, axis=0)
     assert 0 < dead.sum() < len(dead), "the test needs dead and live input units"
-    assert_lands_on(model, mtl.coef_, mtl.intercept_)
+    assert_lands_on(model, mtl.coef_, mtl.intercept_, tol=TOL)
     # KKT per feature j: g_j + alpha * w_j / ||w_j|| = 0 if w_j != 0, ||g_j|| <= alpha if w_j == 0
     g, w = loss_gradient(model, x, y), weights(model)[0]
     norms = np.linalg.norm(w, axis=0)
@@ -189,7 +179,7 @@ def test_the_lr_threshold_still_lands_on_lasso_with_plain_sgd(
     model = fit_full_batch(
         x, y, "SGD", {"lr": 1.9 * step_size(x)}, 400, l1=ALPHA, l1_mode="proximal", proximal_threshold="lr"
     )
-    assert_lands_on(model, fitted.coef_, fitted.intercept_)
+    assert_lands_on(model, fitted.coef_, fitted.intercept_, tol=TOL)
 
 
 def test_the_lr_threshold_misses_lasso_with_adam(lasso: tuple[np.ndarray, np.ndarray, Lasso]) -> None:
@@ -204,6 +194,7 @@ def test_the_lr_threshold_misses_lasso_with_adam(lasso: tuple[np.ndarray, np.nda
 # -- Part 2: the features of the proximal mode, against torch's Adam step by hand --------------------------
 
 LR, L1, EPOCHS = 0.05, 0.1, 2  # 6 steps an epoch; at L1 = 0.1 about a third of net.0.weight ends at 0
+# EPOCHS is also fit's default: ``fit(model)`` trains as long as ``by_hand()``.
 
 
 def adam_threshold(optimizer: torch.optim.Optimizer, param: Tensor, l1: float) -> Tensor:
@@ -216,11 +207,6 @@ def adam_threshold(optimizer: torch.optim.Optimizer, param: Tensor, l1: float) -
     denominator = v.sqrt() / math.sqrt(1 - beta2**t) + group["eps"]
     threshold: Tensor = l1 * (group["lr"] / (1 - beta1**t)) / denominator
     return threshold
-
-
-def soft_threshold(w: Tensor, threshold: Tensor) -> None:
-    """In place, the textbook soft threshold ``sign(w) * max(|w| - t, 0)``, entry by entry."""
-    w.copy_(torch.sign(w) * torch.clamp(w.abs() - threshold, min=0))
 
 
 def by_hand(
@@ -288,12 +274,6 @@ class AdamNet(RegRegression):
         return torch.optim.Adam(self.parameters(), lr=LR, **self.adam_options)
 
 
-def fit(model: L.LightningModule, epochs: int = EPOCHS, batch_size: int = 8, **trainer_kwargs: Any) -> Any:
-    trainer = quiet_trainer(max_epochs=epochs, **trainer_kwargs)
-    trainer.fit(model, loader(regression_data(), batch_size=batch_size))
-    return trainer
-
-
 def test_the_per_entry_threshold_is_adams_step_and_differs_from_lr() -> None:
     model = AdamNet(l1=L1, l1_mode="proximal")
     fit(model)
@@ -347,12 +327,8 @@ def test_clipped_gradients_give_the_threshold_of_the_clipped_step() -> None:
     assert_close_weights(model.net, expected)
 
 
-class ManualAdam(ManualOptimization, AdamNet):
-    pass
-
-
 def test_manual_optimization_thresholds_after_each_step() -> None:
-    model = ManualAdam(l1=L1, l1_mode="proximal")
+    model = Manual(adam=True, lr=LR, l1=L1, l1_mode="proximal")  # AdamNet's optimizer: Adam(lr=LR)
     fit(model)
     assert_close_weights(model.net, by_hand())
 
@@ -364,23 +340,10 @@ def test_foreach_and_fused_adam_get_the_same_threshold(flag: str) -> None:
     assert_close_weights(model.net, by_hand(adam_options={flag: True}))
 
 
-class ScheduledAdam(AdamNet):
-    def configure_optimizers(self) -> Any:
-        optimizer = torch.optim.Adam(self.parameters(), lr=LR)
-        return [optimizer], [torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.7)]
-
-
 def test_resuming_continues_bit_for_bit_with_adams_state_and_schedule(tmp_path: Path) -> None:
-    options: dict[str, Any] = {"l1": L1, "l1_mode": "proximal"}
-    straight = ScheduledAdam(**options)
-    fit(straight, epochs=4)
-
-    first = ScheduledAdam(**options)
-    trainer = fit(first, epochs=2)
-    trainer.save_checkpoint(tmp_path / "half.ckpt")
-    resumed = ScheduledAdam(**options)
-    resume = quiet_trainer(max_epochs=4)
-    resume.fit(resumed, loader(regression_data()), ckpt_path=tmp_path / "half.ckpt", weights_only=True)
+    straight, resumed, _ = fit_straight_and_resumed(
+        lambda: Scheduled(adam=True, lr=LR, l1=L1, l1_mode="proximal"), tmp_path / "half.ckpt"
+    )
     assert_same_weights(resumed, straight)
     assert_close_weights(resumed.net, by_hand(epochs=4, gamma=0.7))
 
@@ -391,33 +354,8 @@ def test_steps_a_grad_scaler_skips_get_no_threshold_and_taken_ones_adams() -> No
     model = AdamNet(adam_options={"fused": True}, **options)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**20, growth_interval=3)
     fit(model, plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)])
-
-    expected = make_net()
-    weights = [p for p in expected.parameters() if p.dim() > 1]
-    adamw = torch.optim.AdamW(
-        [
-            {"params": weights, "weight_decay": 0.1},
-            {"params": [p for p in expected.parameters() if p.dim() <= 1], "weight_decay": 0.0},
-        ],
-        lr=LR,
-        fused=True,
+    expected, skipped = fused_adamw_under_a_grad_scaler(
+        LR, 0.1, lambda optimizer, w: adam_threshold(optimizer, w, L1), epochs=EPOCHS
     )
-    reference_scaler = torch.amp.GradScaler("cpu", init_scale=2.0**20, growth_interval=3)
-    skipped = 0
-    for _ in range(EPOCHS):
-        for x, y in loader(regression_data()):
-            adamw.zero_grad()
-            with torch.autocast("cpu", dtype=torch.float16):
-                loss = nn.functional.mse_loss(expected(x), y)
-            reference_scaler.scale(loss).backward()
-            scale = reference_scaler.get_scale()
-            reference_scaler.step(adamw)
-            reference_scaler.update()
-            if reference_scaler.get_scale() < scale:  # the step was skipped
-                skipped += 1
-                continue
-            with torch.no_grad():
-                for w in weights:
-                    soft_threshold(w, adam_threshold(adamw, w, L1))
     assert 0 < skipped < 6 * EPOCHS, "the test needs skipped and taken steps"
     assert_close_weights(model.net, expected)

@@ -1,0 +1,116 @@
+"""What the regularization does to the weights at an optimizer step, around the optimizer's own update.
+
+- :func:`decoupled_decay`, right before the update: ``w <- w * (1 - lr * l2)`` (what AdamW does).
+- :func:`proximal_step`, right after it: the proximal operators of the L1 and group terms, for the step
+  the update has just applied to each entry (:mod:`~lightning_reg.step_sizes`).
+
+Both act on the regularized parameters of one :class:`~lightning_reg.selection.Selection` that the
+optimizer holds and that have a gradient at this step, each with its own strengths. ``Regularizer.attach``
+installs them (:mod:`~lightning_reg.step_hooks`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from lightning_reg import kernels, step_hooks, step_sizes
+from lightning_reg.options import GroupBy, ProximalThreshold
+from lightning_reg.penalties import group_shrink_, group_shrink_scaled_
+from lightning_reg.selection import Selection
+from lightning_reg.sharding import local
+
+
+def in_optimizer(
+    selection: Selection, optimizer: Optimizer
+) -> Iterable[tuple[dict[str, Any], float | Tensor, list[Tensor]]]:
+    """``(group, taken, the regularized params in it that have a gradient)`` for each group of ``optimizer``.
+
+    ``taken`` is ``1.0``, or a device tensor that is ``0`` in a step a fused optimizer skips for inf
+    gradients (:func:`~lightning_reg.step_hooks.step_taken`).
+    """
+    taken = step_hooks.step_taken(optimizer)
+    for group in optimizer.param_groups:
+        params = [p for p in group["params"] if p.grad is not None and selection.is_regularized(p)]
+        if params:
+            yield group, taken, params
+
+
+@torch.no_grad()
+def decoupled_decay(selection: Selection, optimizer: Optimizer) -> None:
+    """``w <- w * (1 - lr * l2)``, ``lr`` that of the group holding ``w`` and ``l2`` the weight's own."""
+    for group, taken, params in in_optimizer(selection, optimizer):
+        lr = group["lr"] if isinstance(taken, float) else group["lr"] * taken
+        for strength, same in selection.by_strength(params, "l2"):
+            kernels.scale_(same, 1 - lr * strength)
+
+
+@torch.no_grad()
+def proximal_step(
+    selection: Selection,
+    optimizer: Optimizer,
+    *,
+    ramp: float,
+    group_by: GroupBy,
+    threshold: ProximalThreshold,
+) -> None:
+    """Soft-threshold each weight by ``s * l1 * ramp``, then block-shrink its groups by ``group_l1``.
+
+    ``s`` is the step the update applied to each entry: read from the optimizer's state
+    (:func:`~lightning_reg.step_sizes.step_size`) with ``threshold="optimizer"``, the group's learning
+    rate with ``"lr"``. Together the two are the exact proximal operator of ``l1 * |w| + group_l1 *
+    ||w_g||`` (sparse group lasso) in the metric of ``s``.
+    """
+    for group, taken, params in in_optimizer(selection, optimizer):
+        uniform: dict[Any, tuple[float | Tensor, list[Tensor]]] = {}  # params that took one step
+        for param in params:
+            strengths = selection.strength_of(param)
+            if strengths.l1 == 0 and strengths.group_l1 == 0:  # a rule switched both off: no pass
+                continue
+            size = (
+                step_sizes.step_size(optimizer, group, param)
+                if threshold == "optimizer"
+                else step_sizes.StepSize(group["lr"], None)
+            )
+            if size.denominator is not None:  # at once: one denominator alive at a time, in cache
+                _shrink_per_entry(selection, param, size, taken, ramp, group_by)
+            else:
+                key = size.scale if isinstance(size.scale, float) else id(size.scale)
+                uniform.setdefault(key, (size.scale, []))[1].append(param)
+        for scale, same in uniform.values():  # one list each: the multi-tensor kernels
+            step = scale if isinstance(taken, float) else scale * taken
+            _shrink_uniformly(selection, same, step, ramp, group_by)
+
+
+def _shrink_uniformly(
+    selection: Selection, params: list[Tensor], scale: float | Tensor, ramp: float, group_by: GroupBy
+) -> None:
+    """The proximal step of ``params``, which all took the step ``scale``."""
+    for strength, same in selection.by_strength(params, "l1"):
+        kernels.soft_threshold_(same, scale * (strength * ramp))
+    for strength, same in selection.by_strength(params, "group_l1"):
+        for param in same:
+            group_shrink_(param, scale * strength, group_by)
+
+
+def _shrink_per_entry(
+    selection: Selection,
+    param: Tensor,
+    size: step_sizes.StepSize,
+    taken: float | Tensor,
+    ramp: float,
+    group_by: GroupBy,
+) -> None:
+    """The proximal step of one parameter whose entries took the steps ``size``."""
+    assert size.denominator is not None
+    strengths = selection.strength_of(param)
+    scale = size.scale if isinstance(taken, float) else size.scale * taken
+    denominator = local(size.denominator)
+    if strengths.l1 > 0:
+        kernels.soft_threshold_scaled_(local(param), scale * (strengths.l1 * ramp), denominator)
+    if strengths.group_l1 > 0:
+        group_shrink_scaled_(param, strengths.group_l1, scale / denominator, group_by)
