@@ -261,8 +261,21 @@ class RegularizedModule(_Base):
     def regularizer(self) -> Regularizer:
         """The :class:`Regularizer` over this module's parameters, built on first use."""
         if self._regularizer is None:
-            self._regularizer = Regularizer.from_options(self, self._reg_options)
+            self._regularizer = Regularizer.from_options(self, self._reg_options, self._example_inputs())
         return self._regularizer
+
+    def _example_inputs(self) -> Any:
+        """What ``group_by="channels"`` traces the model on: Lightning's ``example_input_array``."""
+        if self._reg_options.group_by != "channels":
+            return None
+        example = getattr(self, "example_input_array", None)
+        if example is None:
+            raise ValueError(
+                f"{type(self).__name__}(group_by='channels') traces the model on self.example_input_array, "
+                "which is None: set it in __init__ to what forward takes (a tensor, a tuple of positional "
+                "inputs or a dict of keyword inputs), e.g. self.example_input_array = torch.zeros(1, 3, 8, 8)"
+            )
+        return example
 
     def training_step(self, *args: Any, **kwargs: Any) -> Any:
         return super().training_step(*args, **kwargs)

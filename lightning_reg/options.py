@@ -24,14 +24,14 @@ from lightning_reg.checks import (
 StrengthName = Literal["l1", "l2", "group_l1"]
 L1Mode = Literal["loss", "proximal"]
 L2Mode = Literal["weight_decay", "loss", "decoupled"]
-GroupBy = Literal["rows", "columns"]
+GroupBy = Literal["rows", "columns", "channels"]
 ProximalThreshold = Literal["optimizer", "lr"]
 
 #: The strengths, in the order of every table that shows them; the keys a rule of ``rules`` may set.
 STRENGTH_NAMES: tuple[StrengthName, ...] = ("l1", "l2", "group_l1")
 L1_MODES: tuple[L1Mode, ...] = ("loss", "proximal")
 L2_MODES: tuple[L2Mode, ...] = ("weight_decay", "loss", "decoupled")
-GROUP_BY: tuple[GroupBy, ...] = ("rows", "columns")
+GROUP_BY: tuple[GroupBy, ...] = ("rows", "columns", "channels")
 PROXIMAL_THRESHOLDS: tuple[ProximalThreshold, ...] = ("optimizer", "lr")
 
 #: Each option's documentation, by theme: how strong, which weights, how the terms reach them, when, and
@@ -39,10 +39,17 @@ PROXIMAL_THRESHOLDS: tuple[ProximalThreshold, ...] = ("optimizer", "lr")
 OPTION_DOCS: dict[str, str] = {
     "l1": "strength of the L1 term ``l1 * sum|w|``.",
     "l2": "strength of the L2 term ``l2 / 2 * sum w^2``: PyTorch's ``weight_decay`` (gradient ``l2 * w``).",
-    "group_l1": "strength of the group term ``group_l1 * sum_g ||w_g||_2`` over the slices ``w_g`` of each "
-    "weight along ``group_by``.",
-    "group_by": '``"rows"`` (dim 0: output units, conv filters) or ``"columns"`` (dim 1: input units, '
-    "input channels): the groups of ``group_l1`` and of the dead-unit count.",
+    "group_l1": "strength of the group term ``group_l1 * sum_g ||w_g||_2`` over the groups ``w_g`` that "
+    "``group_by`` makes.",
+    "group_by": '``"rows"`` (dim 0 of each weight: output units, conv filters), ``"columns"`` (dim 1: input '
+    'units, input channels) or ``"channels"``: coupled units traced from the model (the ``structured`` '
+    "extra; see :mod:`~lightning_reg.channels`): each group holds every slice of one channel, the producing "
+    "layer's row and bias entry, the normalization's scale and shift, the consumers' input slices and "
+    "everything added to it through residual connections, or one attention head; such a group is "
+    "regularized when every weight writing into it is and all its members are trainable, with those "
+    "weights' common ``group_l1``, whatever ``exclude`` "
+    "and ``rules`` say of its other members (biases, BatchNorm parameters). The groups of ``group_l1`` and "
+    "of the dead-unit count.",
     "exclude": "glob patterns (``fnmatch``; ``*`` crosses dots) over ``named_parameters()`` names that are "
     "never regularized; a tied parameter is excluded if any of its names matches.",
     "rules": "glob pattern over ``named_parameters()`` names to some of ``l1``, ``l2``, ``group_l1``, e.g. "

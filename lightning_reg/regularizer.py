@@ -12,8 +12,9 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from lightning_reg import kernels, step_hooks, step_sizes, step_updates
+from lightning_reg import channels, kernels, step_hooks, step_sizes, step_updates
 from lightning_reg.activity import ActivityPenalty
+from lightning_reg.couplings import coupled_l1_norm
 from lightning_reg.deferred import PreparedSum, l1_term
 from lightning_reg.kernels import sum_in_order
 from lightning_reg.options import (
@@ -25,10 +26,10 @@ from lightning_reg.options import (
     document_options,
 )
 from lightning_reg.param_groups import check_no_own_decay, decay_groups, split_optimizer
-from lightning_reg.penalties import group_count, group_l1_norm, l1_norm, squared_norm, weight_statistics
-from lightning_reg.selection import Selection, Strengths, select_parameters
+from lightning_reg.penalties import group_l1_norm, l1_norm, squared_norm
+from lightning_reg.selection import Selection, Strengths, couple, select_parameters
 from lightning_reg.sharding import add_, is_sharded
-from lightning_reg.statistics import NEAR_ZERO_TOL, WeightStatistics
+from lightning_reg.statistics import NEAR_ZERO_TOL, WeightStatistics, statistics_of
 
 
 @document_options
@@ -58,6 +59,8 @@ class Regularizer:
     Args:
         model: the module whose parameters are regularized.
         @options@
+        example_inputs: with ``group_by="channels"``, what ``model`` is called with to trace its coupled
+            units (a tensor, a tuple of positional inputs or a dict of keyword inputs); else unused.
 
     Attributes:
         step: the index of the optimizer step being taken, from 0; only the L1 warm-up reads it.
@@ -105,19 +108,30 @@ class Regularizer:
         l2_mode: L2Mode = "weight_decay",
         l1_warmup_steps: int = 0,
         activity_l1: Mapping[str, float] | None = None,
+        example_inputs: Any = None,
     ) -> None:
         self.options = options = RegularizationOptions.from_arguments(locals())
-        self.selection: Selection = select_parameters(
+        selection = select_parameters(
             model,
             options.exclude,
             options.rules,
             Strengths(options.l1, options.l2, options.group_l1),
             options.group_by,
         )
+        if options.group_by == "channels":
+            selection = couple(selection, channels.traced_couplings(model, example_inputs))
+        self.selection: Selection = selection
         # Whether some weight of W has a positive strength of each kind.
-        self._has_l1 = any(strength.l1 > 0 for strength in self.selection.strengths)
-        self._has_l2 = any(strength.l2 > 0 for strength in self.selection.strengths)
-        self._has_group_l1 = any(strength.group_l1 > 0 for strength in self.selection.strengths)
+        self._has_l1 = any(strength.l1 > 0 for strength in selection.strengths)
+        self._has_l2 = any(strength.l2 > 0 for strength in selection.strengths)
+        self._has_group_l1 = any(
+            strength > 0
+            for strength in (
+                selection.coupling_strengths
+                if options.group_by == "channels"
+                else (strength.group_l1 for strength in selection.strengths)
+            )
+        )
         # Worked out once: the training step reads them every step.
         self._plain = [param for _, param in self.selection.regularized if not is_sharded(param)]
         self._sharded = [param for _, param in self.selection.regularized if is_sharded(param)]
@@ -141,9 +155,11 @@ class Regularizer:
             )
 
     @classmethod
-    def from_options(cls, model: nn.Module, options: RegularizationOptions) -> Regularizer:
+    def from_options(
+        cls, model: nn.Module, options: RegularizationOptions, example_inputs: Any = None
+    ) -> Regularizer:
         """Build from already validated options."""
-        return cls(model, **options.as_hparams())
+        return cls(model, **options.as_hparams(), example_inputs=example_inputs)
 
     @property
     def l1(self) -> float:
@@ -245,9 +261,12 @@ class Regularizer:
         ]
 
     def _norm_terms(self, params: Sequence[Tensor]) -> list[Tensor]:
-        """The loss-mode group and L2 terms of ``params``, per strength."""
+        """The loss-mode group and L2 terms of ``params`` (and of their coupled units), per strength."""
         options, terms = self.options, []
-        if options.l1_mode == "loss" and self._has_group_l1:
+        if options.l1_mode == "loss" and self._has_group_l1 and options.group_by == "channels":
+            for strength, couplings in self.selection.couplings_by_strength(params):
+                terms.append(strength * coupled_l1_norm(couplings))
+        elif options.l1_mode == "loss" and self._has_group_l1:
             for strength, same in self.selection.by_strength(params, "group_l1"):
                 terms.append(strength * group_l1_norm(same, options.group_by))
         if options.l2_mode == "loss" and self._has_l2:
@@ -320,6 +339,8 @@ class Regularizer:
         proximal = options.l1_mode == "proximal" and (self._has_l1 or self._has_group_l1)
         if proximal and options.proximal_threshold == "optimizer":
             step_sizes.check_supported(optimizer)
+        if proximal:
+            step_updates.check_couplings_held(self.selection, optimizer)
         step_hooks.attach(optimizer, self, before=before, after=[self.proximal_step] if proximal else [])
         self._optimizers.add(optimizer)
 
@@ -366,6 +387,8 @@ class Regularizer:
         scale = step_hooks.pending_grad_scale(optimizer)  # a fused optimizer unscales inside its step
         plain = [param for param in params if not is_sharded(param)]
         sharded = [param for param in params if is_sharded(param)]
+        # The coupled units' other members (biases, norm parameters) in this optimizer get their part too.
+        members = step_updates.coupled_members(self.selection, optimizer, plain)
         options = self.options
         if options.l1_mode == "loss" and self._has_l1:  # no autograd needed: l1 * sign(w)
             ramp = options.l1_ramp(self.step)
@@ -381,9 +404,10 @@ class Regularizer:
             terms = [term for term in terms if term.requires_grad]
             if not terms:
                 return
-            gradients = torch.autograd.grad(sum_in_order(terms), params, allow_unused=True)
+            targets = params + members
+            gradients = torch.autograd.grad(sum_in_order(terms), targets, allow_unused=True)
         with torch.no_grad():
-            for param, gradient in zip(params, gradients, strict=True):
+            for param, gradient in zip(targets, gradients, strict=True):
                 if gradient is not None and param.grad is not None:
                     add_(param.grad, gradient if scale is None else gradient * scale)
 
@@ -417,22 +441,7 @@ class Regularizer:
 
     def statistics(self, near_zero_tol: float = NEAR_ZERO_TOL) -> WeightStatistics:
         """Norms and zero counts of ``W``, as tensors on the weights' device (no host synchronisation)."""
-        params, group_by = self.regularized_parameters, self.options.group_by
-        ramp = self.options.l1_ramp(self.step)
-        module_wide = Strengths(self.l1, self.l2, self.group_l1)
-        own = self.selection.strengths
-        return WeightStatistics(
-            names=tuple(self.names),
-            numels=tuple(param.numel() for param in params),
-            groups=tuple(group_count(param, group_by) for param in params),
-            table=weight_statistics(params, near_zero_tol, group_by),
-            l1=self.l1_now,
-            l2=self.l2,
-            group_l1=self.group_l1,
-            strengths=None
-            if all(strength == module_wide for strength in own)
-            else tuple(Strengths(s.l1 * ramp, s.l2, s.group_l1) for s in own),
-        )
+        return statistics_of(self.selection, self.options, self.step, near_zero_tol)
 
     @staticmethod
     def _example_names(model: nn.Module, count: int = 3) -> list[str]:

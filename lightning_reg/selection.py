@@ -18,13 +18,15 @@ first name ``named_parameters()`` gives it, and excluded (or matched by a rule) 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
 from torch import Tensor, nn
 
+from lightning_reg.couplings import Coupling
 from lightning_reg.options import StrengthName
 
 #: The attribute FSDP1 sets on the parameters it flattens (``torch.distributed.fsdp._common_utils``).
@@ -56,6 +58,8 @@ class Selection:
         unmatched: the ``exclude`` patterns that matched no parameter name (likely typos).
         strengths: the strengths of each regularized parameter, in the order of ``regularized``.
         unmatched_rules: the ``rules`` patterns that matched no parameter name (likely typos).
+        couplings: with ``group_by="channels"``, the coupled units that are regularized (see
+            :func:`couple`), each with its ``group_l1`` in :attr:`coupling_strengths`.
     """
 
     regularized: tuple[tuple[str, nn.Parameter], ...]
@@ -63,6 +67,8 @@ class Selection:
     unmatched: tuple[str, ...]
     strengths: tuple[Strengths, ...] = ()
     unmatched_rules: tuple[str, ...] = ()
+    couplings: tuple[Coupling, ...] = ()
+    coupling_strengths: tuple[float, ...] = ()
 
     @functools.cached_property
     def _strength_of(self) -> dict[int, Strengths]:
@@ -95,6 +101,15 @@ class Selection:
             strength: float = getattr(self.strength_of(param), name)
             if strength > 0:
                 groups.setdefault(strength, []).append(param)
+        return list(groups.items())
+
+    def couplings_by_strength(self, params: Iterable[Tensor]) -> list[tuple[float, list[Coupling]]]:
+        """The regularized :attr:`couplings` with a member among ``params``, grouped by ``group_l1 > 0``."""
+        ids = {id(param) for param in params}
+        groups: dict[float, list[Coupling]] = {}
+        for coupling, strength in zip(self.couplings, self.coupling_strengths, strict=True):
+            if strength > 0 and any(id(member.param) in ids for member in coupling.members):
+                groups.setdefault(strength, []).append(coupling)
         return list(groups.items())
 
 
@@ -201,6 +216,40 @@ def _check_groupable(
         f"group_l1={strength.group_l1!r}, but a {param.dim()}-D parameter has {missing}. "
         f"Set 'group_l1': 0.0 in the rule{hint}."
     )
+
+
+def couple(selection: Selection, traced: Iterable[tuple[Coupling, Sequence[str]]]) -> Selection:
+    """``selection`` with the coupled units it regularizes, each ``(coupling, producers)`` of ``traced``.
+
+    A coupling is regularized when every producer (a weight, by name, writing into its channels) is
+    regularized and every member is trainable. Its ``group_l1`` is its producers' own; ``exclude``,
+    ``rules`` and ``no_weight_decay()`` act on a coupling through its producers only, so a coupling's
+    biases and normalization parameters are part of its groups whatever those say of them.
+
+    Raises:
+        ValueError: the producers of one coupling have different ``group_l1`` (from ``rules``).
+    """
+    strength_of = {
+        name: strength for (name, _), strength in zip(selection.regularized, selection.strengths, strict=True)
+    }
+    couplings: list[Coupling] = []
+    strengths: list[float] = []
+    for coupling, producers in traced:
+        if not producers or any(name not in strength_of for name in producers):
+            continue
+        if not all(member.param.requires_grad for member in coupling.members):
+            continue
+        given = {name: strength_of[name].group_l1 for name in producers}
+        if len(set(given.values())) > 1:
+            shown = ", ".join(f"{name!r} (group_l1={value!r})" for name, value in given.items())
+            raise ValueError(
+                f"Invalid rules: the coupled channels of {coupling.name!r} are written by {shown}, one "
+                "group each: give these weights one group_l1 (a rule matching all of them), or exclude "
+                "some of them so that the unit is not regularized."
+            )
+        couplings.append(coupling)
+        strengths.append(next(iter(given.values())))
+    return dataclasses.replace(selection, couplings=tuple(couplings), coupling_strengths=tuple(strengths))
 
 
 def _no_weight_decay_names(model: nn.Module) -> frozenset[str]:

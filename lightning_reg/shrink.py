@@ -1,8 +1,10 @@
 """Physically remove the hidden units that group L1 has zeroed, keeping the network's outputs.
 
-One job: :func:`shrink` takes an ``nn.Sequential`` of ``nn.Linear`` layers (or of ``nn.Conv1d/2d/3d``
-layers) with element-wise modules between them and returns a copy whose hidden layers are narrower.
-A hidden unit (a convolution's channel) between two consecutive layers is removed when
+One job: :func:`shrink` returns a copy of a network whose hidden layers are narrower. Given example
+inputs, it removes the coupled units of any model the tracer follows (ResNets, transformers; see
+:mod:`~lightning_reg.pruning`). Without them, it takes an ``nn.Sequential`` of ``nn.Linear`` layers (or
+of ``nn.Conv1d/2d/3d`` layers) with element-wise modules between them, which needs no tracer; there a
+hidden unit (a convolution's channel) between two consecutive layers is removed when
 
 - its outgoing weights are all zero (the next layer's column ``W[:, j]``; what ``group_by="columns"``
   zeroes): it contributes ``0`` to everything after it, so dropping it changes no output; or
@@ -19,9 +21,14 @@ from __future__ import annotations
 
 import copy
 import itertools
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
+
+from lightning_reg.pruning import shrink_coupled
+
+_Module = TypeVar("_Module", bound=nn.Module)
 
 #: Modules accepted between two layers: each maps every entry on its own, the same way for every unit.
 ELEMENTWISE: tuple[type[nn.Module], ...] = (
@@ -60,12 +67,21 @@ _ACCEPTED = (
 )
 
 
-def shrink(module: nn.Module) -> nn.Sequential:
+def shrink(module: _Module, example_inputs: Any = None) -> _Module:
     """A copy of ``module`` without the hidden units whose incoming or outgoing weights are all zero.
 
-    ``module`` must be an ``nn.Sequential`` whose children are ``nn.Linear`` layers, or
-    ``nn.Conv1d/2d/3d`` layers with ``groups=1``, and element-wise modules (:data:`ELEMENTWISE`). The
-    copy has the same children, in the same order and of the same types, with smaller hidden widths:
+    With ``example_inputs`` (what ``module`` is called with: a tensor, a tuple of positional inputs or
+    a dict of keyword inputs), ``module`` may be any model Torch-Pruning can trace (the ``structured``
+    extra). Every coupled unit of :mod:`~lightning_reg.channels` whose slices are all exactly zero, as
+    ``group_by="channels"`` leaves them, is removed with each of its slices: producing rows and biases,
+    normalization scales, shifts and running statistics, consumers' input slices, and whole attention
+    heads. A layer keeps at least one channel. The copy's outputs in eval mode are checked against the
+    original's on ``example_inputs`` (equal to float rounding) before it is returned.
+
+    Without ``example_inputs``, ``module`` must be an ``nn.Sequential`` whose children are
+    ``nn.Linear`` layers, or ``nn.Conv1d/2d/3d`` layers with ``groups=1``, and element-wise modules
+    (:data:`ELEMENTWISE`). The copy has the same children, in the same order and of the same types,
+    with smaller hidden widths:
 
     - a unit that feeds nothing (the next layer's weights ``W[:, j]``, for a convolution
       ``weight[:, j]``, all zero) is dropped with its row of weights, its bias and that column;
@@ -88,12 +104,15 @@ def shrink(module: nn.Module) -> nn.Sequential:
 
     Args:
         module: the network to shrink.
+        example_inputs: inputs to trace ``module`` on; ``None`` for the ``nn.Sequential`` path.
 
     Returns:
-        The smaller copy, an ``nn.Sequential``.
+        The smaller copy, of ``module``'s type.
 
     Raises:
-        ValueError: when ``module`` is not an ``nn.Sequential``; for a child that is not an accepted
+        ValueError: with ``example_inputs``: the copy's outputs differ from the original's (see
+            :func:`~lightning_reg.pruning.shrink_coupled`); without them: when ``module`` is not an
+            ``nn.Sequential``; for a child that is not an accepted
             layer or element-wise module (named by its index and type), a convolution with
             ``groups != 1``, a layer with parameters or buffers other than ``weight`` and ``bias``, a
             layer used twice or sharing parameters, a mix of layer types (e.g. Linear and Conv2d), or
@@ -119,6 +138,8 @@ def shrink(module: nn.Module) -> nn.Sequential:
         >>> torch.allclose(small(x), net(x))
         True
     """
+    if example_inputs is not None:
+        return shrink_coupled(module, example_inputs)
     positions = _layer_positions(module)
     assert isinstance(module, nn.Sequential)  # checked by _layer_positions
     result = copy.deepcopy(module)
@@ -134,7 +155,10 @@ def shrink(module: nn.Module) -> nn.Sequential:
 def _layer_positions(module: nn.Module) -> list[int]:
     """The indices of ``module``'s layers, after checking that :func:`shrink` can work on it."""
     if type(module) is not nn.Sequential:
-        raise ValueError(f"Invalid module: a {type(module).__name__}; {_ACCEPTED}")
+        raise ValueError(
+            f"Invalid module: a {type(module).__name__}; {_ACCEPTED}; for other models pass "
+            "example_inputs, to trace their coupled units"
+        )
     positions: list[int] = []
     seen: dict[int, int] = {}
     for index, child in enumerate(module):

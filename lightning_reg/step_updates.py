@@ -19,6 +19,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from lightning_reg import kernels, step_hooks, step_sizes
+from lightning_reg.couplings import coupled_shrink_, coupled_shrink_scaled_
 from lightning_reg.options import GroupBy, ProximalThreshold
 from lightning_reg.penalties import group_shrink_, group_shrink_scaled_
 from lightning_reg.selection import Selection
@@ -65,11 +66,12 @@ def proximal_step(
     rate with ``"lr"``. Together the two are the exact proximal operator of ``l1 * |w| + group_l1 *
     ||w_g||`` (sparse group lasso) in the metric of ``s``.
     """
+    coupled = group_by == "channels"  # the group terms act on the couplings, after every L1 step
     for group, taken, params in in_optimizer(selection, optimizer):
         uniform: dict[Any, tuple[float | Tensor, list[Tensor]]] = {}  # params that took one step
         for param in params:
             strengths = selection.strength_of(param)
-            if strengths.l1 == 0 and strengths.group_l1 == 0:  # a rule switched both off: no pass
+            if strengths.l1 == 0 and (coupled or strengths.group_l1 == 0):  # nothing to do: no pass
                 continue
             size = (
                 step_sizes.step_size(optimizer, group, param)
@@ -84,6 +86,75 @@ def proximal_step(
         for scale, same in uniform.values():  # one list each: the multi-tensor kernels
             step = scale if isinstance(taken, float) else scale * taken
             _shrink_uniformly(selection, same, step, ramp, group_by)
+    if coupled:
+        _shrink_couplings(selection, optimizer, threshold)
+
+
+def coupled_members(selection: Selection, optimizer: Optimizer, params: Iterable[Tensor]) -> list[Tensor]:
+    """The members of the couplings touching ``params`` that ``optimizer`` holds, have a gradient, and
+    are not among ``params`` (each once): what else a coupling's term reaches."""
+    if not selection.couplings:
+        return []
+    held = {id(param) for group in optimizer.param_groups for param in group["params"]}
+    given = {id(param) for param in params}
+    found: dict[int, Tensor] = {}
+    for _, couplings in selection.couplings_by_strength(params):
+        for coupling in couplings:
+            for param in coupling.parameters:
+                if id(param) in held and id(param) not in given and param.grad is not None:
+                    found.setdefault(id(param), param)
+    return list(found.values())
+
+
+def check_couplings_held(selection: Selection, optimizer: Optimizer) -> None:
+    """Refuse an optimizer that holds some, but not all, of a regularized coupled unit's parameters.
+
+    The proximal step shrinks a unit as one block after the optimizer that updates it: a unit split
+    over two optimizers would never be shrunk.
+    """
+    held = {id(param) for group in optimizer.param_groups for param in group["params"]}
+    for coupling, strength in zip(selection.couplings, selection.coupling_strengths, strict=True):
+        missing = [member.name for member in coupling.members if id(member.param) not in held]
+        if strength > 0 and missing and len(missing) < len(coupling.members):
+            raise ValueError(
+                f"Invalid optimizer: it holds some parameters of the coupled unit {coupling.name!r} but not "
+                f"{missing[0]!r}; l1_mode='proximal' shrinks a unit as one block after the optimizer that "
+                "updates all of it. Give all of the unit's parameters to one optimizer."
+            )
+
+
+def _shrink_couplings(selection: Selection, optimizer: Optimizer, threshold: ProximalThreshold) -> None:
+    """Block-shrink each coupled unit whose members all took this step, in the metric of their steps.
+
+    A unit whose members do not all have a gradient at this step (or that another optimizer holds) is
+    left for a step where they do: its channels are one block, shrunk as one.
+    """
+    taken = step_hooks.step_taken(optimizer)
+    holder = {id(param): group for group in optimizer.param_groups for param in group["params"]}
+    for coupling, strength in zip(selection.couplings, selection.coupling_strengths, strict=True):
+        params = coupling.parameters
+        if strength == 0 or any(id(p) not in holder or p.grad is None for p in params):
+            continue
+        sizes = [
+            step_sizes.step_size(optimizer, holder[id(member.param)], member.param)
+            if threshold == "optimizer"
+            else step_sizes.StepSize(holder[id(member.param)]["lr"], None)
+            for member in coupling.members
+        ]
+        scales = {size.scale for size in sizes if isinstance(size.scale, float)}
+        if len(scales) == 1 and all(
+            size.denominator is None and isinstance(size.scale, float) for size in sizes
+        ):
+            step = scales.pop() if isinstance(taken, float) else scales.pop() * taken
+            coupled_shrink_(coupling, step * strength)
+            continue
+        steps = []
+        for member, size in zip(coupling.members, sizes, strict=True):
+            per_entry = torch.as_tensor(
+                size.per_entry(), dtype=member.param.dtype, device=member.param.device
+            )
+            steps.append(per_entry if isinstance(taken, float) else per_entry * taken)
+        coupled_shrink_scaled_(coupling, strength, steps)
 
 
 def _shrink_uniformly(
@@ -92,6 +163,8 @@ def _shrink_uniformly(
     """The proximal step of ``params``, which all took the step ``scale``."""
     for strength, same in selection.by_strength(params, "l1"):
         kernels.soft_threshold_(same, scale * (strength * ramp))
+    if group_by == "channels":
+        return
     for strength, same in selection.by_strength(params, "group_l1"):
         for param in same:
             group_shrink_(param, scale * strength, group_by)
@@ -112,5 +185,5 @@ def _shrink_per_entry(
     denominator = local(size.denominator)
     if strengths.l1 > 0:
         kernels.soft_threshold_scaled_(local(param), scale * (strengths.l1 * ramp), denominator)
-    if strengths.group_l1 > 0:
+    if strengths.group_l1 > 0 and group_by != "channels":
         group_shrink_scaled_(param, strengths.group_l1, scale / denominator, group_by)
