@@ -260,11 +260,13 @@ class Regularizer:
             strength * ramp * l1_norm(same) for strength, same in self.selection.by_strength(params, "l1")
         ]
 
-    def _norm_terms(self, params: Sequence[Tensor]) -> list[Tensor]:
-        """The loss-mode group and L2 terms of ``params`` (and of their coupled units), per strength."""
+    def _norm_terms(self, params: Sequence[Tensor], coupled: Sequence[Tensor] | None = None) -> list[Tensor]:
+        """The loss-mode group and L2 terms of ``params``, per strength; the group terms of the coupled
+        units with a member among ``coupled`` (``params`` unless given)."""
         options, terms = self.options, []
         if options.l1_mode == "loss" and self._has_group_l1 and options.group_by == "channels":
-            for strength, couplings in self.selection.couplings_by_strength(params):
+            touching = params if coupled is None else coupled
+            for strength, couplings in self.selection.couplings_by_strength(touching):
                 terms.append(strength * coupled_l1_norm(couplings))
         elif options.l1_mode == "loss" and self._has_group_l1:
             for strength, same in self.selection.by_strength(params, "group_l1"):
@@ -400,7 +402,8 @@ class Regularizer:
             terms = (
                 [self._total(self._l1_terms(sharded) + self._norm_terms(sharded), sharded)] if sharded else []
             )
-            terms += [self._total(self._norm_terms(plain), plain)] if plain else []
+            touched = plain + members  # a unit's term also reaches members held without its weights
+            terms += [self._total(self._norm_terms(plain, touched), touched)] if touched else []
             terms = [term for term in terms if term.requires_grad]
             if not terms:
                 return

@@ -91,17 +91,26 @@ def proximal_step(
 
 
 def coupled_members(selection: Selection, optimizer: Optimizer, params: Iterable[Tensor]) -> list[Tensor]:
-    """The members of the couplings touching ``params`` that ``optimizer`` holds, have a gradient, and
-    are not among ``params`` (each once): what else a coupling's term reaches."""
+    """The members of the regularized couplings that ``optimizer`` holds and that have a gradient, other
+    than ``params`` (each once): what else a coupling's term reaches through this optimizer.
+
+    A unit may be split over optimizers in the loss mode (its BatchNorm parameters in a second one, which
+    holds no regularized weight): each member gets the term's gradient through the optimizer holding it.
+    """
     if not selection.couplings:
         return []
-    held = {id(param) for group in optimizer.param_groups for param in group["params"]}
+    held = {
+        id(param): param
+        for group in optimizer.param_groups
+        for param in group["params"]
+        if param.grad is not None
+    }
     given = {id(param) for param in params}
     found: dict[int, Tensor] = {}
-    for _, couplings in selection.couplings_by_strength(params):
+    for _, couplings in selection.couplings_by_strength(held.values()):
         for coupling in couplings:
             for param in coupling.parameters:
-                if id(param) in held and id(param) not in given and param.grad is not None:
+                if id(param) in held and id(param) not in given:
                     found.setdefault(id(param), param)
     return list(found.values())
 
