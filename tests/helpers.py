@@ -88,19 +88,23 @@ def fit(
 
 
 def fit_straight_and_resumed(
-    make_model: Callable[[], L.LightningModule], checkpoint: Path, epochs: int = 4
+    make_model: Callable[[], L.LightningModule],
+    checkpoint: Path,
+    epochs: int = 4,
+    data: Dataset[Any] | None = None,
 ) -> tuple[L.LightningModule, L.LightningModule, L.Trainer]:
     """``make_model()`` trained ``epochs`` straight, and half of them, saved and resumed from ``checkpoint``.
 
     Returns the straight model, the resumed one and the trainer that resumed it (a fresh one, reading
-    the checkpoint with ``weights_only=True``).
+    the checkpoint with ``weights_only=True``). ``data``: as for :func:`fit`.
     """
+    data = regression_data() if data is None else data
     straight = make_model()
-    fit(straight, epochs=epochs)
-    fit(make_model(), epochs=epochs // 2).save_checkpoint(checkpoint)
+    fit(straight, epochs=epochs, data=data)
+    fit(make_model(), epochs=epochs // 2, data=data).save_checkpoint(checkpoint)
     resumed = make_model()
     resume = quiet_trainer(max_epochs=epochs)
-    resume.fit(resumed, loader(regression_data()), ckpt_path=checkpoint, weights_only=True)
+    resume.fit(resumed, loader(data), ckpt_path=checkpoint, weights_only=True)
     return straight, resumed, resume
 
 
