@@ -10,17 +10,37 @@ import copy
 import itertools
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 
 import lightning.pytorch as L
 import pytest
 import torch
+from architectures import (
+    CLASSES,
+    HEAD,
+    RESNET_UNITS,
+    Unit,
+    bert,
+    bert_inputs,
+    bert_units,
+    dead,
+    image_data,
+    images,
+    logits,
+    params_of,
+    resnet,
+    vit,
+    vit_inputs,
+    vit_units,
+    weaken,
+    zero,
+)
 from helpers import Batch, loader, quiet_trainer, regression_data
 from torch import Tensor, nn
 from torch.nn.utils import prune
 from torch.utils.data import TensorDataset
 
-from lightning_reg import RegularizedModule
+from lightning_reg import RegularizedModule, Regularizer
 from lightning_reg.shrink import shrink
 
 DTYPE = torch.float64
@@ -377,3 +397,193 @@ def test_refusals_name_the_child_and_what_is_accepted(case: str) -> None:
     if case not in ("mismatch", "shared"):
         assert "shrink accepts an nn.Sequential of nn.Linear layers" in str(info.value)
         assert "Tanh" in str(info.value)
+
+
+# -- traced models: shrink(model, example_inputs) ------------------------------------------------------------
+
+
+def snapshot_state(model: nn.Module) -> dict[str, Tensor]:
+    return {name: value.clone() for name, value in model.state_dict().items()}
+
+
+def assert_state_unchanged(model: nn.Module, before: dict[str, Tensor]) -> None:
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+    for name, value in before.items():
+        assert torch.equal(after[name], value), f"{name} of the original changed"
+
+
+def resnet_count(stream: Sequence[int], hidden: Mapping[str, int]) -> int:
+    """Parameters of ``architectures.resnet()`` with these widths, from its layers' shapes: ``stream`` the
+    4 stages' widths, ``hidden`` each block's hidden width (``layer1.0``, ``layer1.1``, ``layer2.0``, ...)."""
+    s1, s2, s3, s4 = stream
+    total = 3 * s1 * 9 + 2 * s1  # stem: 3x3 conv from RGB, BN
+    for block in ("layer1.0", "layer1.1"):  # conv1, bn1, conv2, bn2; no downsample
+        h = hidden[block]
+        total += s1 * h * 9 + 2 * h + h * s1 * 9 + 2 * s1
+    for block, (before, after) in {"layer2.0": (s1, s2), "layer3.0": (s2, s3), "layer4.0": (s3, s4)}.items():
+        h = hidden[block]
+        total += before * h * 9 + 2 * h + h * after * 9 + 2 * after + before * after + 2 * after  # + 1x1, BN
+    return total + s4 * CLASSES + CLASSES  # fc
+
+
+FULL_HIDDEN = {"layer1.0": 4, "layer1.1": 4, "layer2.0": 8, "layer3.0": 16, "layer4.0": 32}
+
+
+def warmed_resnet() -> nn.Module:
+    """``resnet()`` whose BN running statistics are no longer 0 and 1 (a few forward passes in training)."""
+    model = resnet()
+    with torch.no_grad():
+        for seed in range(3):
+            model(images(8, seed=10 + seed))
+    return model.eval()
+
+
+def test_count_formula_is_the_full_resnets() -> None:
+    assert resnet_count((4, 8, 16, 32), FULL_HIDDEN) == count(resnet())
+
+
+def test_traced_shrink_removes_dead_resnet_units_with_every_slice() -> None:
+    model = warmed_resnet()
+    params = params_of(model)
+    killed = {
+        "layer1.0.conv1": [1, 3],
+        "conv1": [2],
+        "layer2.0.conv1": [0, 3, 5],
+        "layer3.0.conv1": list(range(16)),
+    }
+    killed["layer4.0.downsample.0"] = [5, 6, 30]
+    for unit in RESNET_UNITS:
+        zero(params, unit, killed.get(unit.name, []))
+    before = snapshot_state(model)
+    x = images(4, seed=7)
+    small = shrink(model, images())
+    assert_state_unchanged(model, before)
+    # layer3.0's hidden layer keeps one (zero) channel: no layer of width 0
+    hidden = {**FULL_HIDDEN, "layer1.0": 2, "layer2.0": 5, "layer3.0": 1}
+    assert count(small) == resnet_count((3, 8, 16, 29), hidden)
+    assert (
+        small.conv1.out_channels
+        == small.layer1[1].conv1.in_channels
+        == small.layer2[0].conv1.in_channels
+        == 3
+    )
+    assert small.layer2[0].downsample[0].in_channels == 3
+    assert small.fc.in_features == 29
+    assert small.layer1[0].conv1.out_channels == small.layer1[0].conv2.in_channels == 2
+    # the kept slices are the original's, BN running statistics included
+    kept = [0, 1, 3]
+    torch.testing.assert_close(small.bn1.running_mean, model.bn1.running_mean[kept], rtol=0, atol=0)
+    torch.testing.assert_close(
+        small.layer1[0].conv2.weight, model.layer1[0].conv2.weight[kept][:, [0, 2]], rtol=0, atol=0
+    )
+    keep4 = [c for c in range(32) if c not in (5, 6, 30)]
+    torch.testing.assert_close(small.fc.weight, model.fc.weight[:, keep4], rtol=0, atol=0)
+    assert not small.training
+    assert not model.training
+    with torch.no_grad():
+        # Fewer (zero) terms in each sum, blocked differently: equal to float64 rounding.
+        torch.testing.assert_close(small(x), model(x), rtol=1e-12, atol=1e-12)
+
+
+def test_shrink_removes_what_a_few_proximal_steps_killed() -> None:
+    model = resnet()
+    params = params_of(model)
+    weak = {"layer1.1.conv1": [0, 2], "conv1": [3], "layer3.0.downsample.0": [4, 9]}
+    for unit in RESNET_UNITS:
+        weaken(params, unit, weak.get(unit.name, []), 0.01)
+    reg = Regularizer(model, group_l1=0.2, group_by="channels", l1_mode="proximal", example_inputs=images())
+    sgd = torch.optim.SGD(model.parameters(), lr=0.1)
+    reg.attach(sgd)
+    for x, y in loader(image_data(16), batch_size=8):
+        sgd.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        sgd.step()
+    assert {unit.name: dead(params, unit) for unit in RESNET_UNITS if dead(params, unit)} == weak
+    model.eval()
+    small = shrink(model, images())
+    assert count(small) == resnet_count((3, 8, 14, 32), {**FULL_HIDDEN, "layer1.1": 2})
+    x = images(4, seed=7)
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), model(x), rtol=1e-12, atol=1e-12)
+
+
+def transformer_count(model: nn.Module, units: list[Unit], removed: Mapping[str, int]) -> int:
+    """The model's parameters less ``removed[u]`` channels of each unit ``u``: every slice of a channel,
+    entries counted from the slices' shapes; the units here share no parameter."""
+    params = params_of(model)
+    return count(model) - sum(removed.get(unit.name, 0) * unit.size(params) for unit in units)
+
+
+@pytest.mark.parametrize("case", ["bert", "vit"])
+def test_traced_shrink_removes_dead_heads_and_mlp_units_of_transformers(case: str) -> None:
+    build, inputs, units, other = {
+        "bert": (bert, bert_inputs, bert_units(), bert_inputs(3, length=6, seed=4)),
+        "vit": (vit, vit_inputs, vit_units(), vit_inputs(3, seed=4)),
+    }[case]
+    model = build().eval()
+    params = params_of(model)
+    heads, mlp_layer1 = units[0], units[3]  # layer 0's attention, layer 1's MLP
+    assert heads.width == HEAD
+    assert mlp_layer1.count == 32
+    zero(params, heads, [1])
+    zero(params, mlp_layer1, [3, 7, 20])
+    before = snapshot_state(model)
+    small = shrink(model, inputs())
+    assert_state_unchanged(model, before)
+    # one head of 3 x (8 x 16 + 8) rows and biases and 16 x 8 output columns; 3 MLP units of 16 + 1 + 16
+    assert heads.size(params) == 3 * (8 * 16 + 8) + 16 * 8 == 536
+    assert mlp_layer1.size(params) == 16 + 1 + 16
+    assert (
+        count(small)
+        == transformer_count(model, units, {heads.name: 1, mlp_layer1.name: 3})
+        == count(model) - 536 - 99
+    )
+    small_params = params_of(small)
+    for name, axis in heads.slices:  # head 0's rows and columns stay, in order
+        torch.testing.assert_close(small_params[name], params[name].narrow(axis, 0, HEAD), rtol=0, atol=0)
+    with torch.no_grad():  # on the example and on other inputs (another length for BERT)
+        for given in (inputs(), other):
+            torch.testing.assert_close(logits(small, given), logits(model, given), rtol=1e-12, atol=1e-12)
+
+
+class ChannelSoftmax(nn.Module):
+    """A softmax across channels between two convolutions: a dead channel still adds ``exp(0)`` to the
+    other channels' denominator, so removing it changes the outputs, though the tracer treats the
+    softmax as element-wise."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.first, self.second = nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(6, 2, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        result: Tensor = self.second(torch.softmax(self.first(x), dim=1))
+        return result
+
+
+def test_a_copy_whose_outputs_change_is_refused_and_the_original_kept() -> None:
+    model = ChannelSoftmax()
+    with torch.no_grad():
+        model.first.weight[2] = 0.0
+        model.first.bias[2] = 0.0
+        model.second.weight[:, 2] = 0.0
+    before = snapshot_state(model)
+    with pytest.raises(ValueError, match="Cannot shrink ChannelSoftmax: without its dead units its outputs"):
+        shrink(model, torch.randn(2, 3, 5, 5))
+    assert_state_unchanged(model, before)
+
+
+def test_a_sequential_needs_no_example_and_the_tracer_removes_the_same_unit() -> None:
+    net = mlp(6, 8, 3, activation=nn.ReLU)
+    with torch.no_grad():  # unit 5 dead in every slice: what group_by="channels" leaves
+        net[0].weight[5] = 0.0
+        net[0].bias[5] = 0.0
+        net[2].weight[:, 5] = 0.0
+    plain, traced = shrink(net), shrink(net, inputs(6))
+    for small in (plain, traced):
+        assert [type(child) for child in small] == [type(child) for child in net]
+        assert small[0].weight.shape == (7, 6)
+        assert small[2].weight.shape == (3, 7)
+        assert count(small) == linear_count(6, 7, 3)
+        assert_same_outputs(small, net, inputs(6))
