@@ -3,7 +3,7 @@
 Usage: python tests/distributed_run.py OUT_DIR {ddp,fsdp2}. Trains each configuration in CONFIGS on 2 CPU
 processes (gloo), each rank on its own half of the data, with DDP (replicated weights) or FSDP2
 (``fully_shard`` under ``ModelParallelStrategy``: DTensor weights, each rank holding half of each), and
-saves the final full weights and the monitor's CSV log.
+saves the final full weights and the monitor's CSV log; with DDP also each of CHANNEL_CONFIGS.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from lightning.pytorch.strategies import ModelParallelStrategy, Strategy
 from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).parent))
+from architectures import bn_mlp
 from helpers import LitRegression, regression_data
 
 from lightning_reg import RegularizationMonitor, RegularizedModule
@@ -32,6 +33,13 @@ CONFIGS: dict[str, dict[str, Any]] = {
     # Adam's per-entry threshold: FSDP2 shards the weights and Adam's exp_avg_sq alike (DTensors)
     "adam_proximal": {"adam": True, "l1": 0.1, "l1_mode": "proximal"},
 }
+#: group_by="channels", DDP only (FSDP2's DTensor shards are refused: coupled groups need whole tensors),
+#: on architectures.bn_mlp: one unit of 16 channels, each a Linear row and bias, a BatchNorm scale and
+#: shift, and the next Linear's column. Per-rank BatchNorm: each rank normalizes its own batch.
+CHANNEL_CONFIGS: dict[str, dict[str, Any]] = {
+    "channels_loss": {"group_l1": 0.05, "group_by": "channels"},
+    "channels_adam_proximal": {"adam": True, "group_l1": 0.3, "group_by": "channels", "l1_mode": "proximal"},
+}
 
 
 class HalfTheData(RegularizedModule, LitRegression):
@@ -39,6 +47,15 @@ class HalfTheData(RegularizedModule, LitRegression):
         x, y = regression_data().tensors
         rank = self.trainer.global_rank
         return DataLoader(TensorDataset(x[rank::WORLD_SIZE], y[rank::WORLD_SIZE]), batch_size=BATCH_SIZE)
+
+
+class Channels(HalfTheData):
+    """HalfTheData on architectures.bn_mlp, traced on example_input_array."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.net = bn_mlp()
+        self.example_input_array = torch.zeros(2, 5)
 
 
 class Sharded(HalfTheData):
@@ -57,8 +74,10 @@ def full_weights(model: L.LightningModule) -> dict[str, torch.Tensor]:
 
 
 def main(out: Path, kind: str) -> None:
-    for name, options in CONFIGS.items():
-        model = (Sharded if kind == "fsdp2" else HalfTheData)(**options)
+    configs = CONFIGS if kind == "fsdp2" else CONFIGS | CHANNEL_CONFIGS
+    for name, options in configs.items():
+        kinds = {"fsdp2": Sharded, "ddp": Channels if name in CHANNEL_CONFIGS else HalfTheData}
+        model = kinds[kind](**options)
         strategy: str | Strategy = (
             ModelParallelStrategy(data_parallel_size=WORLD_SIZE, tensor_parallel_size=1)
             if kind == "fsdp2"

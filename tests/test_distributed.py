@@ -13,7 +13,17 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from distributed_run import BATCH_SIZE, CONFIGS, EPOCHS, WORLD_SIZE
+from architectures import (
+    BN_MLP_UNIT,
+    adam_steps,
+    bn_mlp,
+    channel_norms,
+    dead,
+    group_term,
+    metric_prox_,
+    params_of,
+)
+from distributed_run import BATCH_SIZE, CHANNEL_CONFIGS, CONFIGS, EPOCHS, WORLD_SIZE
 from helpers import make_net, regression_data, seed_l1_penalty, seed_param_groups
 from torch import nn
 
@@ -123,3 +133,50 @@ def test_the_monitor_reports_replicated_weights_once(results: Path, name: str) -
     flat = np.concatenate([trained[k].double().numpy().ravel() for k in ("0.weight", "3.weight")])
     assert float(rows[-1]["reg/l1_norm"]) == pytest.approx(np.abs(flat).sum(), rel=1e-9)
     assert float(rows[-1]["reg/sparsity"]) == pytest.approx((flat == 0).mean(), abs=1e-12)
+
+
+def channels_reference(options: dict[str, Any]) -> nn.Module:
+    """bn_mlp trained on one process: the group term over its unit in the loss, or Adam's step followed by
+    the unit's proximal operator in Adam's metric, solved per channel by bisection."""
+    net = bn_mlp()
+    params = params_of(net)
+    strength, adam = options["group_l1"], options.get("adam", False)
+    optimizer = (
+        torch.optim.Adam(net.parameters(), lr=LR) if adam else torch.optim.SGD(net.parameters(), lr=LR)
+    )
+    for per_rank in union_batches():
+        optimizer.zero_grad()
+        # each rank's BatchNorm normalizes its own batch: one forward per rank's batch
+        loss = sum(nn.functional.mse_loss(net(x), y) for x, y in per_rank) / WORLD_SIZE
+        if options.get("l1_mode") != "proximal":
+            loss = loss + group_term(params, [BN_MLP_UNIT], strength).float()
+        loss.backward()
+        optimizer.step()
+        if options.get("l1_mode") == "proximal":
+            steps = {name: adam_steps(optimizer, param) for name, param in params.items()}
+            metric_prox_(params, steps, BN_MLP_UNIT, strength)
+    return net
+
+
+@pytest.mark.parametrize("name", sorted(CHANNEL_CONFIGS))
+def test_channels_under_ddp_match_one_process(
+    request: pytest.FixtureRequest, results: Path, name: str
+) -> None:
+    if request.node.callspec.params["results"] != "ddp":
+        pytest.skip("group_by='channels' needs whole tensors: FSDP2's shards are refused")
+    trained = torch.load(results / f"{name}.pt", weights_only=True)
+    expected = channels_reference(CHANNEL_CONFIGS[name])
+    for key, value in params_of(expected).items():  # parameters: the ranks' BN running statistics differ
+        torch.testing.assert_close(trained[key], value.detach(), rtol=1e-5, atol=1e-6)
+    final = {key: trained[key].double() for key in params_of(expected)}
+    deaths = dead(final, BN_MLP_UNIT)
+    if name == "channels_adam_proximal":
+        assert 0 < len(deaths) < 16, "the proximal run must have dead and live channels"
+        assert deaths == dead(params_of(expected), BN_MLP_UNIT)
+    with open(results / name / "version_0" / "metrics.csv") as handle:
+        rows = [row for row in csv.DictReader(handle) if row.get("reg/dead_units")]
+    assert len(rows) == len(union_batches()), "one row per step, rank 0 only"
+    # the unit counted once, not once per rank
+    assert float(rows[-1]["reg/dead_units"]) == len(deaths) / 16
+    want = CHANNEL_CONFIGS[name]["group_l1"] * float(channel_norms(final, BN_MLP_UNIT).sum())
+    assert float(rows[-1]["reg/group_l1_penalty"]) == pytest.approx(want, rel=1e-5)
