@@ -522,7 +522,7 @@ def test_rules_give_a_unit_its_producers_group_l1() -> None:
     torch.testing.assert_close(reg.penalty(), group_term(params, RESNET_UNITS, strengths), rtol=1e-14, atol=0)
     summary = reg.statistics().summary()
     assert summary["group_l1_penalty"] == pytest.approx(
-        float(group_term(params, RESNET_UNITS, strengths)), rel=1e-13
+        float(group_term(params, RESNET_UNITS, strengths).detach()), rel=1e-13
     )
 
 
