@@ -41,3 +41,10 @@ def test_gpu_benchmark_runs_on_cpu_and_counts_operators() -> None:
 def test_l1_term_benchmark_runs() -> None:
     lines = run_benchmark("l1_term.py", "--quick")
     assert [line.split()[0] for line in lines[2:]] == ["floor", "tutorial", "package"]
+
+
+def test_structured_benchmark_runs_and_prints_each_strength() -> None:
+    lines = run_benchmark("structured.py", "--quick")
+    rows = [line.split() for line in lines if line.strip().startswith(("0e+00", "1e-02"))]
+    assert [row[0] for row in rows] == ["0e+00", "1e-02"]
+    assert all(row[1] == row[2] for row in rows)  # the shrunk copy (not yet fine-tuned) has the same accuracy

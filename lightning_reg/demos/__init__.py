@@ -1,7 +1,9 @@
 """Example data and models, kept out of the library's core (as ``lightning.pytorch.demos`` does).
 
-:mod:`~lightning_reg.demos.digits` holds scikit-learn's digits, split for overfitting, and the MLP that
-``lightning-reg demo`` and ``lightning-reg sweep`` train; the notebooks use them too.
+:mod:`~lightning_reg.demos.digits` holds scikit-learn's digits, split for overfitting (as vectors or as
+images), and the MLP that ``lightning-reg demo`` and ``lightning-reg sweep`` train;
+:mod:`~lightning_reg.demos.resnet` holds torchvision's ResNet-18, written out, for structured sparsity.
+The notebooks and benchmarks use them too.
 """
 
 from lightning_reg.demos.digits import (
@@ -13,6 +15,7 @@ from lightning_reg.demos.digits import (
     DigitsMLP,
     DigitsSplit,
     RegularizedDigitsMLP,
+    as_images,
     load_digits_split,
 )
 
@@ -25,5 +28,6 @@ __all__ = [
     "DigitsMLP",
     "DigitsSplit",
     "RegularizedDigitsMLP",
+    "as_images",
     "load_digits_split",
 ]

@@ -86,6 +86,23 @@ def load_digits_split(train_size: int = TRAIN_SIZE, seed: int = 0) -> DigitsSpli
     return DigitsSplit(features(x_train), labels(y_train), features(x_val), labels(y_val))
 
 
+def as_images(split: DigitsSplit, side: int = 8) -> DigitsSplit:
+    """``split`` as ``1 x side x side`` images: the 8x8 digits, upsampled bilinearly when ``side > 8``.
+
+    >>> x = torch.arange(64.0).reshape(1, 64)
+    >>> as_images(DigitsSplit(x, torch.zeros(1), x, torch.zeros(1)), side=16).x_train.shape
+    torch.Size([1, 1, 16, 16])
+    """
+
+    def images(x: Tensor) -> Tensor:
+        pixels = x.reshape(-1, 1, 8, 8)
+        if side == 8:
+            return pixels
+        return nn.functional.interpolate(pixels, size=(side, side), mode="bilinear", align_corners=False)
+
+    return DigitsSplit(images(split.x_train), split.y_train, images(split.x_val), split.y_val)
+
+
 class DigitsMLP(L.LightningModule):
     """A plain ReLU MLP classifier trained with Adam; it knows nothing about regularization.
 
