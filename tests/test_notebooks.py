@@ -12,7 +12,8 @@ NOTEBOOKS = sorted((Path(__file__).parents[1] / "notebooks").glob("*.ipynb"))
 
 
 def test_there_are_notebooks() -> None:
-    assert {"quickstart.ipynb", "exact_sparsity.ipynb", "tour.ipynb"} <= {path.name for path in NOTEBOOKS}
+    expected = {"quickstart.ipynb", "exact_sparsity.ipynb", "tour.ipynb", "structured.ipynb"}
+    assert expected <= {path.name for path in NOTEBOOKS}
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.name)
