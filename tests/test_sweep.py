@@ -78,7 +78,9 @@ def test_grid_rows_are_the_product_measured_on_each_model() -> None:
     points = list(itertools.product(L1S, L2S))
     assert make_model.calls == [{"l1": l1, "l2": l2} for l1, l2 in points]
     assert result.names == ("l1", "l2")
-    assert [list(row) for row in result.table] == [["l1", "l2", "val_loss", "sparsity", "seconds"]] * 4
+    columns = ["l1", "l2", "val_loss", "sparsity", "seconds", "state", "epochs"]
+    assert [list(row) for row in result.table] == [columns] * 4
+    assert [(row["state"], row["epochs"]) for row in result.table] == [("complete", 3)] * 4
     assert [(row["l1"], row["l2"]) for row in result.table] == points
     losses = [val_loss(model) for model in make_model.models]
     zeros = [zero_fraction(model) for model in make_model.models]
@@ -167,7 +169,10 @@ def test_a_monitor_that_was_not_logged_is_named_with_the_logged_ones() -> None:
         ),
         ({"l1": [1e-3], "n_trials": 2, "sampler": "grid"}, "Invalid sampler: 'grid'"),
         ({"l1": [1e-3], "sampler": "tpe"}, "Invalid sampler: 'tpe' without n_trials"),
-        ({"l1": [1e-3], "storage": "sqlite:///s.db"}, "Invalid storage: 'sqlite:///s.db' without n_trials"),
+        (
+            {"l1": [1e-3], "storage": "sqlite:///s.db"},
+            "Invalid study_name: None with storage='sqlite:///s.db'",
+        ),
         ({"l1": [1e-3], "study_name": "s"}, "Invalid study_name: 's' without n_trials"),
         ({"l1": [1e-3], "n_trials": 2, "storage": "sqlite:///s.db"}, "Invalid study_name: None with storage"),
     ],
@@ -212,13 +217,13 @@ sys.path.insert(0, {tests!r})
 from test_sweep import TRAIN, TRAINER, VAL, Recorder
 from lightning_reg import sweep
 
-sweep(Recorder(), TRAIN, VAL, l1=[0.01, 0.3], n_trials=2, trainer_kwargs=TRAINER, storage={storage!r},
+sweep(Recorder(), TRAIN, VAL, l1=[0.01, 0.3], n_trials=4, trainer_kwargs=TRAINER, storage={storage!r},
       study_name="shared")
 """
 
 
 @needs_optuna
-def test_two_worker_processes_share_one_study_in_sqlite(tmp_path: Path) -> None:
+def test_two_worker_processes_fill_one_study_to_n_trials_in_sqlite(tmp_path: Path) -> None:
     storage = f"sqlite:///{tmp_path / 's.db'}"
     code = textwrap.dedent(WORKER.format(tests=str(TESTS), storage=storage))
     workers = [
@@ -239,21 +244,24 @@ def test_two_worker_processes_share_one_study_in_sqlite(tmp_path: Path) -> None:
 
     study = optuna.load_study(study_name="shared", storage=storage)
     complete = [trial for trial in study.trials if trial.state == optuna.trial.TrialState.COMPLETE]
-    assert len(complete) == 4
+    assert len(complete) == 4  # n_trials counts the study's trials, not each worker's
     assert len({trial.params["l1"] for trial in complete}) == 4  # a shared study's sampler is not seeded
+    make_model = Recorder()
     result = sweep(
-        Recorder(),
+        make_model,
         TRAIN,
         VAL,
         l1=[0.01, 0.3],
-        n_trials=1,
+        n_trials=5,
         storage=storage,
         study_name="shared",
         trainer_kwargs=TRAINER,
     )
+    assert len(make_model.calls) == 1  # the study held 4: one more makes 5
     assert len(result.table) == 5
     assert [row["l1"] for row in result.table[:4]] == [trial.params["l1"] for trial in complete]
     assert [row["val_loss"] for row in result.table[:4]] == [trial.value for trial in complete]
+    assert result.table[4]["l1"] == make_model.calls[0]["l1"]
     assert all(0 <= row["sparsity"] <= 1 and row["seconds"] > 0 for row in result.table)
 
 
@@ -268,7 +276,7 @@ def test_a_race_to_create_the_database_is_tried_again(
     calls = []
 
     def racing(**kwargs: Any) -> Any:  # the other worker created the tables first, once
-        calls.append(kwargs["storage"])
+        calls.append(kwargs["storage"].url)
         if len(calls) == 1:
             raise OperationalError("CREATE TABLE studies", {}, Exception("table studies already exists"))
         return create_study(**kwargs)
@@ -383,12 +391,17 @@ def test_the_sweep_command_prints_a_row_per_point_and_the_best(
     best = rows[losses.index(min(losses))]
     assert f"best (lowest val_loss): l1={float(best[0]):g}, l2={float(best[1]):g}" in out
     assert figure.read_bytes().startswith(PNG_SIGNATURE)
-    assert err.splitlines() == [
+    labels = [
         "[1/4] l1=1e-05, l2=0",
         "[2/4] l1=1e-05, l2=0.001",
         "[3/4] l1=0.01, l2=0",
         "[4/4] l1=0.01, l2=0.001",
     ]
+    lines = err.splitlines()  # one line per finished point: its label, state, value, epochs, seconds
+    assert len(lines) == 4
+    for line, label, row in zip(lines, labels, rows, strict=True):
+        assert line.startswith(f"{label}  complete  val_loss {float(row[2]):.4f}  2 epochs  "), line
+        assert line.endswith(" s")
 
 
 @needs_optuna
@@ -419,7 +432,7 @@ def test_the_sweep_command_searches_with_optuna_into_a_storage(
         (["--l2", "nan"], "argument --l2: invalid value 'nan' (expected a finite number >= 0)"),
         (["--n-trials", "0"], "argument --n-trials: invalid value '0' (expected an integer >= 1)"),
         (["--sampler", "grid"], "argument --sampler: invalid choice: 'grid'"),
-        (["--storage", "sqlite:///s.db"], "Invalid storage: 'sqlite:///s.db' without n_trials"),
+        (["--storage", "sqlite:///s.db"], "Invalid study_name: None with storage='sqlite:///s.db'"),
         (["--l1", "0", "1e-3", "--n-trials", "2"], "Invalid l1: [0.0, 0.001]"),
     ],
 )
