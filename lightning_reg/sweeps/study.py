@@ -42,6 +42,8 @@ POLL_SECONDS = 1.0
 MEDIAN_PRUNER = {"n_startup_trials": 2, "n_warmup_steps": 0}
 #: ``"hyperband"``: Optuna's ``HyperbandPruner`` with these arguments (resources are epochs).
 HYPERBAND_PRUNER = {"min_resource": 1, "max_resource": "auto", "reduction_factor": 3}
+#: Seconds a new trial of a shared grid waits for the earlier trials to record their grid points.
+SLOT_TIMEOUT = 10.0
 #: The user attribute that marks a trial which found its point taken (no row, no point).
 SURPLUS = "surplus"
 _STATES = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed"}
@@ -191,23 +193,57 @@ def _root(trial: optuna.trial.FrozenTrial) -> int:
     return number
 
 
+def _slot(trial: optuna.trial.FrozenTrial, search: Search) -> object:
+    """The point a trial trains: its grid point, or for a search its chain of retries."""
+    return _root(trial) if search.n_trials is not None else trial.system_attrs.get("grid_id")
+
+
+def _trials_with_slots(study: optuna.Study, number: int, search: Search) -> list[optuna.trial.FrozenTrial]:
+    """The study's trials, once every running trial before ``number`` has its grid point.
+
+    ``GridSampler`` records a trial's grid point just after creating it: until then a concurrent
+    worker's trial would not be seen to hold its point. The wait ends after :data:`SLOT_TIMEOUT`
+    seconds (the worker died in between; its trial, without a point, holds nothing).
+    """
+    deadline = time.monotonic() + SLOT_TIMEOUT
+    while True:
+        trials = study.get_trials(deepcopy=False)
+        unknown = [
+            trial
+            for trial in trials
+            if trial.number < number and trial.state.name == "RUNNING" and "grid_id" not in trial.system_attrs
+        ]
+        if search.n_trials is not None or not unknown or time.monotonic() > deadline:
+            return trials
+        time.sleep(0.01)
+
+
 def _is_surplus(study: optuna.Study, trial: optuna.Trial, search: Search) -> bool:
-    """Whether an earlier trial holds the slot of ``trial`` (its retries keep the slot of their first)."""
-    trials = study.get_trials(deepcopy=False)
+    """Whether the slot of ``trial`` is not its own: past ``n_trials``, or held by an earlier trial.
+
+    Trials are ordered by (first trial of their chain of retries, number). An earlier trial of the slot
+    holds it, whatever its state, unless it is a failed attempt of the same chain: a dead worker's
+    trial, which its retry replaces. So two workers that pick the same grid point, or that both queue a
+    retry of one dead trial (SQLite has no row locks to stop them), train it once.
+    """
+    trials = _trials_with_slots(study, trial.number, search)
     this = next(other for other in trials if other.number == trial.number)
-    root = _root(this)
+    root, slot = _root(this), _slot(this, search)
     if search.n_trials is not None:
         earlier = sum(
             1 for other in trials if "failed_trial" not in other.system_attrs and other.number < root
         )
-        return earlier >= search.n_trials
-    grid_id = this.system_attrs.get("grid_id")
-    return any(
-        other.system_attrs.get("grid_id") == grid_id
-        and _root(other) < root
-        and not other.user_attrs.get(SURPLUS)
-        for other in trials
-    )
+        if earlier >= search.n_trials:
+            return True
+    for other in trials:
+        if other.user_attrs.get(SURPLUS) or _slot(other, search) != slot:
+            continue
+        if (_root(other), other.number) >= (root, this.number):
+            continue  # later, or this trial itself
+        if _root(other) == root and other.state.name == "FAIL":
+            continue  # a dead attempt of this point: this trial is its retry
+        return True
+    return False
 
 
 def _work_left(trials: list[optuna.trial.FrozenTrial], search: Search) -> bool:
@@ -269,7 +305,10 @@ def _rows(trials: list[optuna.trial.FrozenTrial], search: Search) -> list[dict[s
     places: dict[tuple[float, ...], list[int]] = {}
     for index, point in enumerate(search.points()):
         places.setdefault(point, []).append(index)
-    order = {id(row): places[tuple(row[name] for name in search.names)].pop(0) for row in rows}
+    order: dict[int, int] = {}
+    for row in rows:  # the k-th row of a point takes the point's k-th place (points may repeat)
+        free = places.get(tuple(row[name] for name in search.names), [])
+        order[id(row)] = free.pop(0) if free else len(order) + len(rows)
     return sorted(rows, key=lambda row: order[id(row)])
 
 
