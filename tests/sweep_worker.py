@@ -1,13 +1,14 @@
 """A worker of a shared grid, run as its own process by the storage and fault tests.
 
-    python tests/sweep_worker.py STORAGE STUDY LOGS [--heartbeat] [--victim]
+    python tests/sweep_worker.py STORAGE STUDY LOGS [--heartbeat] [--victim] [--after PATH]
 
 It sweeps :data:`GRID` (``l1``) over the regression of ``test_sweep`` into the study ``STUDY`` of
 ``STORAGE`` and prints its table as JSON on its last line. Each point it trains appends a line to
 ``LOGS/started.log`` when training starts and to ``LOGS/finished.log`` when it ends: the tests count
 those lines, independently of the study. ``--heartbeat`` opens a database with a 1 s heartbeat and a 2 s
 grace period. A ``--victim`` blocks after the first epoch of its first point, once it has written
-``LOGS/blocked`` (the test's signal to kill it there, in the middle of a point).
+``LOGS/blocked`` (the test's signal to kill it there, in the middle of a point). ``--after PATH`` waits,
+once imported, until ``PATH`` exists.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import json
 import os
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +65,10 @@ def main() -> None:
     parser.add_argument("logs", type=Path)
     parser.add_argument("--heartbeat", action="store_true")
     parser.add_argument("--victim", action="store_true")
+    parser.add_argument("--after", type=Path)
     args = parser.parse_args()
+    while args.after is not None and not args.after.exists():
+        time.sleep(0.05)
     storage: Any = args.storage
     if args.heartbeat:
         storage = open_storage(args.storage, heartbeat_interval=1, grace_period=2)

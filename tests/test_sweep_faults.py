@@ -57,12 +57,14 @@ def test_a_point_whose_worker_was_killed_is_trained_again_by_a_survivor(tmp_path
     import optuna
 
     storage = f"sqlite:///{tmp_path / 'grid.db'}"
+    blocked = tmp_path / "blocked"
     victim = start_worker(storage, tmp_path, "--heartbeat", "--victim")
-    wait_for(tmp_path / "blocked", victim)  # the victim created the study and is mid-point
-    survivors = [start_worker(storage, tmp_path, "--heartbeat") for _ in range(2)]
+    # the survivors start together with the victim, and sweep once it is in the middle of its point
+    survivors = [start_worker(storage, tmp_path, "--heartbeat", "--after", str(blocked)) for _ in range(2)]
+    wait_for(blocked, victim)
     victim.send_signal(signal.SIGKILL)
     victim.communicate(timeout=30)
-    killed_point = float((tmp_path / "blocked").read_text())
+    killed_point = float(blocked.read_text())
     outputs = [survivor.communicate(timeout=180)[0] for survivor in survivors]
     for survivor, output in zip(survivors, outputs, strict=True):
         assert survivor.returncode == 0, output[-3000:]

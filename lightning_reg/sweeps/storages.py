@@ -11,8 +11,10 @@ server; it has no heartbeats, so a dead worker's point stays running.
 
 from __future__ import annotations
 
+import time
 import warnings
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from lightning_reg.checks import check_integer
 from lightning_reg.optional import require
@@ -26,6 +28,8 @@ HEARTBEAT_INTERVAL = 60
 MAX_RETRY = 3
 #: The prefix of a ``storage`` that names a journal file rather than a database.
 JOURNAL_PREFIX = "journal:"
+
+_Value = TypeVar("_Value")
 
 
 def import_optuna() -> Any:
@@ -75,13 +79,34 @@ def open_storage(
         return journal
     with warnings.catch_warnings():  # heartbeats and their retry callback are "experimental"
         warnings.simplefilter("ignore", library.exceptions.ExperimentalWarning)
-        storage: optuna.storages.BaseStorage = library.storages.RDBStorage(
-            url,
-            heartbeat_interval=interval,
-            grace_period=grace,
-            heartbeat_stale_trial_callback=library.storages.RetryHeartbeatStaleTrialCallback(retries),
+        callback = library.storages.RetryHeartbeatStaleTrialCallback(retries)
+        storage: optuna.storages.BaseStorage = retry_database_race(
+            lambda: library.storages.RDBStorage(
+                url, heartbeat_interval=interval, grace_period=grace, heartbeat_stale_trial_callback=callback
+            )
         )
     return storage
+
+
+def retry_database_race(open_database: Callable[[], _Value], retries: int = 4) -> _Value:
+    """``open_database()``, tried again when workers started together race to set up a new database.
+
+    Optuna creates the tables of a new database without a lock, so the second of two workers starting on
+    one new database can fail with "table studies already exists", a duplicate ``alembic_version``
+    (optuna/optuna#4621) or, on PostgreSQL, a duplicate enum type; a moment later the tables are there
+    and opening the database succeeds.
+    """
+    from sqlalchemy.exc import DBAPIError  # an Optuna dependency
+
+    attempt = 0
+    while True:
+        try:
+            return open_database()
+        except DBAPIError:
+            if attempt == retries:
+                raise
+        time.sleep(0.1 * 2**attempt)
+        attempt += 1
 
 
 def has_heartbeats(storage: object) -> bool:

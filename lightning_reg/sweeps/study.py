@@ -26,7 +26,7 @@ import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from lightning_reg.sweeps.storages import describe, has_heartbeats, open_storage
+from lightning_reg.sweeps.storages import describe, has_heartbeats, open_storage, retry_database_race
 from lightning_reg.sweeps.storages import import_optuna as import_optuna  # where it was first
 
 if TYPE_CHECKING:
@@ -120,36 +120,23 @@ def _grid(search: Search) -> dict[str, list[float]] | None:
 
 
 def _open_study(library: Any, search: Search) -> tuple[optuna.Study, object]:
-    """The study of ``search``, created or loaded, and its storage (``None`` in memory).
+    """The study of ``search``, created or loaded, and its storage (``None`` in memory)."""
+    storage = search.storage
+    if isinstance(storage, str):
+        storage = open_storage(storage)
 
-    Tried again when workers started together race to set up a new database: Optuna creates the tables
-    without a lock, so the second of two workers starting on one new SQLite file can fail with "table
-    studies already exists" or a duplicate ``alembic_version`` (optuna/optuna#4621); a moment later the
-    tables are there and loading the study succeeds.
-    """
-    from sqlalchemy.exc import DBAPIError  # an Optuna dependency
+    def create() -> optuna.Study:
+        study: optuna.Study = library.create_study(
+            storage=storage,
+            study_name=search.study_name,
+            load_if_exists=True,
+            direction=_direction(search),
+            sampler=_sampler(library, search),
+            pruner=_pruner(library, search),
+        )
+        return study
 
-    retries = 4 if search.storage is not None else 0
-    attempt = 0
-    while True:
-        try:
-            storage = search.storage
-            if isinstance(storage, str):
-                storage = open_storage(storage)
-            study: optuna.Study = library.create_study(
-                storage=storage,
-                study_name=search.study_name,
-                load_if_exists=True,
-                direction=_direction(search),
-                sampler=_sampler(library, search),
-                pruner=_pruner(library, search),
-            )
-            return study, storage
-        except DBAPIError:
-            if attempt == retries:
-                raise
-        time.sleep(0.1 * 2**attempt)
-        attempt += 1
+    return retry_database_race(create, retries=4 if storage is not None else 0), storage
 
 
 def _sampler(library: Any, search: Search) -> optuna.samplers.BaseSampler:
