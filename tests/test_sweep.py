@@ -175,6 +175,39 @@ def test_a_monitor_that_was_not_logged_is_named_with_the_logged_ones() -> None:
         ),
         ({"l1": [1e-3], "study_name": "s"}, "Invalid study_name: 's' without n_trials"),
         ({"l1": [1e-3], "n_trials": 2, "storage": "sqlite:///s.db"}, "Invalid study_name: None with storage"),
+        ({"l1": [1e-3], "monitor": "state"}, "Invalid monitor: 'state'"),
+        ({"l1": [1e-3], "pruner": "mean"}, "Invalid pruner: 'mean' (expected one of 'median', 'hyperband')"),
+        (
+            {"l1": [1e-3], "pruner": 3},
+            "Invalid pruner: 3 (expected one of 'median', 'hyperband' or an optuna.pruners.BasePruner)",
+        ),
+        ({"l1": [1e-3], "warm_start": "yes"}, "Invalid warm_start: 'yes' (expected True or False)"),
+        ({"l1": [1e-3], "warm_start": True, "n_trials": 2}, "Invalid warm_start: True with n_trials=2"),
+        (
+            {"l1": [1e-3], "warm_start": True, "pruner": "median"},
+            "Invalid warm_start: True with pruner='median'",
+        ),
+        (
+            {"l1": [1e-3], "warm_start": True, "storage": "sqlite:///s.db", "study_name": "s"},
+            "Invalid warm_start: True with storage='sqlite:///s.db'",
+        ),
+        (
+            {"l1": [1e-3], "catch": "ValueError"},
+            "Invalid catch: 'ValueError' (expected a tuple of exception classes, e.g. (ValueError, "
+            "RuntimeError))",
+        ),
+        ({"l1": [1e-3], "catch": (ValueError, 3)}, "Invalid catch: (<class 'ValueError'>, 3)"),
+        ({"l1": [1e-3], "catch": [ValueError()]}, "Invalid catch: [ValueError()]"),
+        (
+            {"l1": [1e-3], "progress": 3},
+            "Invalid progress: 3 (expected a callable that takes a row, or None)",
+        ),
+        (
+            {"l1": [1e-3], "storage": 3, "study_name": "s"},
+            "Invalid storage: 3 (expected an Optuna storage URL, 'journal:PATH' or an "
+            "optuna.storages.BaseStorage)",
+        ),
+        ({"l1": [1e-3], "study_name": "s"}, "Invalid study_name: 's' without n_trials, storage or pruner"),
     ],
 )
 def test_bad_arguments_are_refused_before_any_model_is_built(kwargs: dict[str, Any], message: str) -> None:
@@ -434,6 +467,12 @@ def test_the_sweep_command_searches_with_optuna_into_a_storage(
         (["--sampler", "grid"], "argument --sampler: invalid choice: 'grid'"),
         (["--storage", "sqlite:///s.db"], "Invalid study_name: None with storage='sqlite:///s.db'"),
         (["--l1", "0", "1e-3", "--n-trials", "2"], "Invalid l1: [0.0, 0.001]"),
+        (["--pruner", "mean"], "argument --pruner: invalid choice: 'mean'"),
+        (["--warm-start", "--pruner", "median"], "Invalid warm_start: True with pruner='median'"),
+        (
+            ["--warm-start", "--l1", "1e-3", "1e-2", "--n-trials", "2"],
+            "Invalid warm_start: True with n_trials=2",
+        ),
     ],
 )
 def test_bad_sweep_arguments_exit_with_status_2(
@@ -443,3 +482,39 @@ def test_bad_sweep_arguments_exit_with_status_2(
         main(["sweep", *argv])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option", ["--warm-start", "--pruner"])
+def test_the_sweep_command_prunes_or_warm_starts_validating_every_epoch(
+    option: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("sklearn")
+    argv = ["sweep", "--l1", "1e-5", "1e-3", "--epochs", "3", option]
+    if option == "--pruner":
+        storage = f"sqlite:///{tmp_path / 'cli.db'}"
+        argv += ["median", "--storage", storage, "--study-name", "grid"]
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+
+    rows = sweep_rows(out)
+    assert [float(row[0]) for row in rows] == [1e-5, 1e-3]
+    states = [row[4] for row in rows]
+    epochs = [int(row[5]) for row in rows]
+    labels = [line.split("]")[1].split()[0] for line in err.splitlines()]  # a line per finished point
+    if option == "--warm-start":  # strongest first, trained fully
+        assert labels == ["l1=0.001", "l1=1e-05"]
+        assert (states, epochs[1]) == (["complete"] * 2, 3)
+    else:  # a grid shared through a storage: one trial per point, a report per epoch unless pruned
+        assert sorted(labels) == ["l1=0.001", "l1=1e-05"]
+        import optuna
+
+        trials = optuna.load_study(study_name="grid", storage=storage).trials
+        assert sorted(trial.params["l1"] for trial in trials) == [1e-5, 1e-3]
+        by_point = {trial.params["l1"]: trial for trial in trials}
+        for row, state, count in zip(rows, states, epochs, strict=True):
+            trial = by_point[float(row[0])]
+            assert (trial.state.name.lower(), len(trial.intermediate_values)) == (
+                {"complete": "complete", "pruned": "pruned"}[state],
+                count,
+            )
+            assert count == 3 or state == "pruned"
