@@ -41,3 +41,11 @@ def test_gpu_benchmark_runs_on_cpu_and_counts_operators() -> None:
 def test_l1_term_benchmark_runs() -> None:
     lines = run_benchmark("l1_term.py", "--quick")
     assert [line.split()[0] for line in lines[2:]] == ["floor", "tutorial", "package"]
+
+
+def test_sweep_cost_benchmark_runs_every_variant() -> None:
+    lines = run_benchmark("sweep_cost.py", "--quick")
+    rows = [line.split() for line in lines[2:-1]]
+    assert [row[0] for row in rows] == ["grid", "pruned", "warm", "TPE"]
+    assert rows[0][2] == rows[0][4] == "1.00"  # the grid is its own baseline
+    assert lines[-1].startswith("targets: warm path <= 0.40")
