@@ -17,9 +17,9 @@ The four ways of :func:`~lightning_reg.sweep` run one after another in this proc
 
 Each row gives the wall and CPU seconds of the whole sweep, the epochs trained over all points, the best
 complete row's monitored value (``--monitor``: ``val_loss``, lowest best, or ``val_acc``, highest best) and
-strength, and the ratios of time and best value to the grid's, measured in the same run. Torch runs on ``--threads`` threads (default 1), so that a machine shared with other work
-slows the variants alike; the CPU seconds are this process's own. Nothing is asserted: the targets are
-printed beside the ratios.
+strength, and the ratios of time and best value to the grid's, measured in the same run. Torch runs on
+``--threads`` threads (default 1), so that a machine shared with other work slows the variants alike; the
+CPU seconds are this process's own. Nothing is asserted: the targets are printed beside the ratios.
 """
 
 from __future__ import annotations
