@@ -170,6 +170,22 @@ def sweep(
         [(0.001, 0.5), (1.0, 0.75)]
         >>> result.best
         {'l1': 0.001}
+
+    The same grid as a warm-started path: ``l1=1.0`` trains fully, then ``1e-3`` starts from its
+    weights and stops once its loss has not improved for 3 validations; a failing point is caught::
+
+        >>> def make_model(**strengths):
+        ...     if strengths["l1"] == 0.1:
+        ...         raise RuntimeError("no model for 0.1")
+        ...     return Net(**strengths, l1_mode="proximal")
+        >>> path = sweep(
+        ...     make_model, train, val, l1=[1e-3, 0.1, 1.0], warm_start=True, catch=(RuntimeError,),
+        ...     trainer_kwargs={"max_epochs": 20, "accelerator": "cpu"},
+        ... )
+        >>> [(row["l1"], row["state"], row["epochs"] < 20) for row in path.table]
+        [(0.001, 'complete', True), (0.1, 'failed', False), (1.0, 'complete', False)]
+        >>> path.table[1]["error"]
+        'RuntimeError: no model for 0.1'
     """
     search = check_arguments(
         make_model,
