@@ -172,7 +172,8 @@ def sweep(
         {'l1': 0.001}
 
     The same grid as a warm-started path: ``l1=1.0`` trains fully, then ``1e-3`` starts from its
-    weights and stops once its loss has not improved for 3 validations; a failing point is caught::
+    weights and trains until its loss has not improved for 3 validations (here it improves to the
+    end); a failing point is caught::
 
         >>> def make_model(**strengths):
         ...     if strengths["l1"] == 0.1:
@@ -182,8 +183,8 @@ def sweep(
         ...     make_model, train, val, l1=[1e-3, 0.1, 1.0], warm_start=True, catch=(RuntimeError,),
         ...     trainer_kwargs={"max_epochs": 20, "accelerator": "cpu"},
         ... )
-        >>> [(row["l1"], row["state"], row["epochs"] < 20) for row in path.table]
-        [(0.001, 'complete', True), (0.1, 'failed', False), (1.0, 'complete', False)]
+        >>> [(row["l1"], row["state"], row["epochs"]) for row in path.table]
+        [(0.001, 'complete', 20), (0.1, 'failed', 0), (1.0, 'complete', 20)]
         >>> path.table[1]["error"]
         'RuntimeError: no model for 0.1'
     """
