@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as L
 import pytest
@@ -169,3 +170,36 @@ def test_a_trial_given_a_grid_point_that_another_trial_runs_is_surplus() -> None
     assert not _is_surplus(study, running, search)
     assert not _is_surplus(study, done, search)
     assert _is_surplus(study, late, search)
+
+
+@needs_optuna
+def test_a_trial_waits_for_an_earlier_trial_to_record_its_grid_point() -> None:
+    import optuna
+
+    from lightning_reg.sweeps import check_arguments
+    from lightning_reg.sweeps.study import _is_surplus
+
+    search = check_arguments(
+        never_called, {"l1": [0.1, 0.3]}, monitor="val_loss", mode="min", trainer_kwargs=None,
+        n_trials=None, sampler=None, storage=None, study_name=None, seed=0, pruner="median",
+    )  # fmt: skip
+    study = optuna.create_study(sampler=optuna.samplers.GridSampler({"l1": [0.1, 0.3]}))
+    storage, study_id = study._storage, study._study_id
+    # another worker's trial, created but not yet given its grid point by GridSampler
+    other = storage.create_new_trial(study_id)
+    late = study.ask()
+    grid_id = storage.get_trial_system_attrs(late._trial_id)["grid_id"]
+    reads = 0
+    get_trials = study.get_trials
+
+    def then_the_other_records_its_point(**kwargs: Any) -> list[optuna.trial.FrozenTrial]:
+        nonlocal reads
+        trials = get_trials(**kwargs)
+        reads += 1
+        if reads == 1:  # right after this worker's first look, the other worker's sampler catches up
+            storage.set_trial_system_attr(other, "grid_id", grid_id)
+        return trials
+
+    study.get_trials = then_the_other_records_its_point  # type: ignore[method-assign]
+    assert _is_surplus(study, late, search)
+    assert reads == 2
