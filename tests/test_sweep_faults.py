@@ -78,11 +78,14 @@ def test_a_point_whose_worker_was_killed_is_trained_again_by_a_survivor(tmp_path
 
     # what the study holds: one complete trial per point; the killed one failed, and its retry completed
     study = optuna.load_study(study_name="grid", storage=storage)
-    states = collections.Counter(trial.state.name for trial in study.trials)
-    assert states == {"COMPLETE": len(GRID), "FAIL": 1}
-    complete = [trial for trial in study.trials if trial.state.name == "COMPLETE"]
+    trials = [trial for trial in study.trials if not trial.user_attrs.get("surplus")]
+    # a trial that found its point taken (two workers asked at once) was pruned before any training
+    surplus = [trial for trial in study.trials if trial.user_attrs.get("surplus")]
+    assert all(trial.state.name == "PRUNED" and "epochs" not in trial.user_attrs for trial in surplus)
+    assert collections.Counter(trial.state.name for trial in trials) == {"COMPLETE": len(GRID), "FAIL": 1}
+    complete = [trial for trial in trials if trial.state.name == "COMPLETE"]
     assert sorted(trial.params["l1"] for trial in complete) == sorted(GRID)
-    (failed,) = [trial for trial in study.trials if trial.state.name == "FAIL"]
+    (failed,) = [trial for trial in trials if trial.state.name == "FAIL"]
     assert failed.params == {"l1": killed_point}
     (retry,) = [trial for trial in complete if "failed_trial" in trial.system_attrs]
     assert (retry.system_attrs["failed_trial"], retry.params) == (failed.number, failed.params)
@@ -203,3 +206,43 @@ def test_a_trial_waits_for_an_earlier_trial_to_record_its_grid_point() -> None:
     study.get_trials = then_the_other_records_its_point  # type: ignore[method-assign]
     assert _is_surplus(study, late, search)
     assert reads == 2
+
+
+@needs_optuna
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_a_worker_waits_for_the_retry_of_a_trial_failed_a_moment_ago(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import optuna
+
+    from lightning_reg.sweeps import study as study_module
+
+    storage, grid = f"sqlite:///{tmp_path / 'grid.db'}", [0.1, 0.3]
+    calls: list[float] = []
+
+    def make_model(**strengths: float) -> ValRegression:
+        calls.append(strengths["l1"])
+        if strengths["l1"] == 0.3 and calls.count(0.3) == 1:
+            raise Killed
+        return ValRegression(**strengths, l1_mode="proximal")
+
+    common: dict[str, Any] = {"l1": grid, "trainer_kwargs": TRAINER, "storage": storage, "study_name": "g"}
+    with pytest.raises(Killed):
+        sweep(make_model, TRAIN, VAL, **common)
+    study = optuna.load_study(study_name="g", storage=storage)
+    (dead,) = [trial for trial in study.trials if trial.state.name == "RUNNING"]
+    study.tell(dead.number, state=optuna.trial.TrialState.FAIL)  # another worker failed it as stale ...
+    dead = study.trials[dead.number]
+    slept: list[float] = []
+
+    def other_worker_queues_the_retry(seconds: float) -> None:  # ... and queues its retry meanwhile
+        if not slept:
+            optuna.storages.RetryHeartbeatStaleTrialCallback()(study, dead)
+        slept.append(seconds)
+
+    monkeypatch.setattr(study_module.time, "sleep", other_worker_queues_the_retry)
+    result = sweep(make_model, TRAIN, VAL, **common)
+
+    assert slept  # the worker did not return before the retry was queued
+    assert sorted(calls) == [0.1, 0.3, 0.3]
+    assert [(row["l1"], row["state"]) for row in result.table] == [(0.1, "complete"), (0.3, "complete")]

@@ -13,7 +13,7 @@ worker, and the workers together train each point once:
   for the trials still running elsewhere, if the storage has heartbeats: a trial whose worker died is
   failed by Optuna once its heartbeat is stale, and queued again by the retry callback of
   :func:`~lightning_reg.sweeps.storages.open_storage`; a surviving worker trains it. A worker returns
-  when no trial runs anywhere.
+  when no trial runs anywhere and no dead worker's trial waits for its retry to be queued.
 
 Optuna comes with the ``sweep`` extra and is imported only when a study is used.
 """
@@ -42,6 +42,9 @@ POLL_SECONDS = 1.0
 MEDIAN_PRUNER = {"n_startup_trials": 2, "n_warmup_steps": 0}
 #: ``"hyperband"``: Optuna's ``HyperbandPruner`` with these arguments (resources are epochs).
 HYPERBAND_PRUNER = {"min_resource": 1, "max_resource": "auto", "reduction_factor": 3}
+#: Seconds a worker waits for the retry of a dead worker's trial to be queued, before it counts the
+#: retries as spent (Optuna fails a stale trial, then queues its retry: two steps, a moment apart).
+RETRY_GRACE = 5.0
 #: Seconds a new trial of a shared grid waits for the earlier trials to record their grid points.
 SLOT_TIMEOUT = 10.0
 #: The user attribute that marks a trial which found its point taken (no row, no point).
@@ -76,7 +79,7 @@ def optimize(train: TrainPoint, search: Search) -> list[dict[str, Any]]:
         }
         try:
             row = train(strengths, trial)
-        except BaseException as error:
+        except (Exception, KeyboardInterrupt) as error:  # what Optuna records as the trial's failure
             trial.set_user_attr("error", describe_error(error))
             raise
         if row["state"] == "complete" and math.isnan(row[search.monitor]):
@@ -92,13 +95,16 @@ def optimize(train: TrainPoint, search: Search) -> list[dict[str, Any]]:
         return value
 
     waits = has_heartbeats(storage)
+    seen_dead: dict[int, float] = {}
     while True:
         if waits:
             _fail_stale_trials(library, study)
         trials = study.get_trials(deepcopy=False)
         if _work_left(trials, search):
             study.optimize(objective, n_trials=1, catch=(PointFailedError,))
-        elif waits and any(trial.state == library.trial.TrialState.RUNNING for trial in trials):
+        elif waits and (
+            any(trial.state.name == "RUNNING" for trial in trials) or _awaiting_retry(trials, seen_dead)
+        ):
             time.sleep(POLL_SECONDS)
         else:
             break
@@ -231,6 +237,25 @@ def _is_surplus(study: optuna.Study, trial: optuna.Trial, search: Search) -> boo
             continue  # a dead attempt of this point: this trial is its retry
         return True
     return False
+
+
+def _awaiting_retry(trials: list[optuna.trial.FrozenTrial], seen: dict[int, float]) -> bool:
+    """Whether a dead worker's trial failed less than :data:`RETRY_GRACE` seconds ago, without a retry yet.
+
+    A dead worker's trial is failed without an ``error`` (every other failure records one); ``seen``
+    keeps when this worker first saw each, so that a trial whose retries are spent is waited for once.
+    """
+    retried = {number for trial in trials for number in trial.system_attrs.get("retry_history", [])}
+    now = time.monotonic()
+    dead = [
+        trial.number
+        for trial in trials
+        if trial.state.name == "FAIL"
+        and "error" not in trial.user_attrs
+        and not trial.user_attrs.get(SURPLUS)
+        and trial.number not in retried
+    ]
+    return any(now - seen.setdefault(number, now) < RETRY_GRACE for number in dead)
 
 
 def _work_left(trials: list[optuna.trial.FrozenTrial], search: Search) -> bool:
