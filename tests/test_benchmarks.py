@@ -48,3 +48,11 @@ def test_structured_benchmark_runs_and_prints_each_strength() -> None:
     rows = [line.split() for line in lines if line.strip().startswith(("0e+00", "1e-02"))]
     assert [row[0] for row in rows] == ["0e+00", "1e-02"]
     assert all(row[1] == row[2] for row in rows)  # the shrunk copy (not yet fine-tuned) has the same accuracy
+
+
+def test_sweep_cost_benchmark_runs_every_variant() -> None:
+    lines = run_benchmark("sweep_cost.py", "--quick")
+    rows = [line.split() for line in lines[2:-1]]
+    assert [row[0] for row in rows] == ["grid", "pruned", "warm", "TPE"]
+    assert rows[0][2] == rows[0][4] == "1.00"  # the grid is its own baseline
+    assert lines[-1].startswith("targets: warm path <= 0.40")

@@ -78,7 +78,9 @@ def test_grid_rows_are_the_product_measured_on_each_model() -> None:
     points = list(itertools.product(L1S, L2S))
     assert make_model.calls == [{"l1": l1, "l2": l2} for l1, l2 in points]
     assert result.names == ("l1", "l2")
-    assert [list(row) for row in result.table] == [["l1", "l2", "val_loss", "sparsity", "seconds"]] * 4
+    columns = ["l1", "l2", "val_loss", "sparsity", "seconds", "state", "epochs"]
+    assert [list(row) for row in result.table] == [columns] * 4
+    assert [(row["state"], row["epochs"]) for row in result.table] == [("complete", 3)] * 4
     assert [(row["l1"], row["l2"]) for row in result.table] == points
     losses = [val_loss(model) for model in make_model.models]
     zeros = [zero_fraction(model) for model in make_model.models]
@@ -167,9 +169,45 @@ def test_a_monitor_that_was_not_logged_is_named_with_the_logged_ones() -> None:
         ),
         ({"l1": [1e-3], "n_trials": 2, "sampler": "grid"}, "Invalid sampler: 'grid'"),
         ({"l1": [1e-3], "sampler": "tpe"}, "Invalid sampler: 'tpe' without n_trials"),
-        ({"l1": [1e-3], "storage": "sqlite:///s.db"}, "Invalid storage: 'sqlite:///s.db' without n_trials"),
+        (
+            {"l1": [1e-3], "storage": "sqlite:///s.db"},
+            "Invalid study_name: None with storage='sqlite:///s.db'",
+        ),
         ({"l1": [1e-3], "study_name": "s"}, "Invalid study_name: 's' without n_trials"),
         ({"l1": [1e-3], "n_trials": 2, "storage": "sqlite:///s.db"}, "Invalid study_name: None with storage"),
+        ({"l1": [1e-3], "monitor": "state"}, "Invalid monitor: 'state'"),
+        ({"l1": [1e-3], "pruner": "mean"}, "Invalid pruner: 'mean' (expected one of 'median', 'hyperband')"),
+        (
+            {"l1": [1e-3], "pruner": 3},
+            "Invalid pruner: 3 (expected one of 'median', 'hyperband' or an optuna.pruners.BasePruner)",
+        ),
+        ({"l1": [1e-3], "warm_start": "yes"}, "Invalid warm_start: 'yes' (expected True or False)"),
+        ({"l1": [1e-3], "warm_start": True, "n_trials": 2}, "Invalid warm_start: True with n_trials=2"),
+        (
+            {"l1": [1e-3], "warm_start": True, "pruner": "median"},
+            "Invalid warm_start: True with pruner='median'",
+        ),
+        (
+            {"l1": [1e-3], "warm_start": True, "storage": "sqlite:///s.db", "study_name": "s"},
+            "Invalid warm_start: True with storage='sqlite:///s.db'",
+        ),
+        (
+            {"l1": [1e-3], "catch": "ValueError"},
+            "Invalid catch: 'ValueError' (expected a tuple of exception classes, e.g. (ValueError, "
+            "RuntimeError))",
+        ),
+        ({"l1": [1e-3], "catch": (ValueError, 3)}, "Invalid catch: (<class 'ValueError'>, 3)"),
+        ({"l1": [1e-3], "catch": [ValueError()]}, "Invalid catch: [ValueError()]"),
+        (
+            {"l1": [1e-3], "progress": 3},
+            "Invalid progress: 3 (expected a callable that takes a row, or None)",
+        ),
+        (
+            {"l1": [1e-3], "storage": 3, "study_name": "s"},
+            "Invalid storage: 3 (expected an Optuna storage URL, 'journal:PATH' or an "
+            "optuna.storages.BaseStorage)",
+        ),
+        ({"l1": [1e-3], "study_name": "s"}, "Invalid study_name: 's' without n_trials, storage or pruner"),
     ],
 )
 def test_bad_arguments_are_refused_before_any_model_is_built(kwargs: dict[str, Any], message: str) -> None:
@@ -212,13 +250,13 @@ sys.path.insert(0, {tests!r})
 from test_sweep import TRAIN, TRAINER, VAL, Recorder
 from lightning_reg import sweep
 
-sweep(Recorder(), TRAIN, VAL, l1=[0.01, 0.3], n_trials=2, trainer_kwargs=TRAINER, storage={storage!r},
+sweep(Recorder(), TRAIN, VAL, l1=[0.01, 0.3], n_trials=4, trainer_kwargs=TRAINER, storage={storage!r},
       study_name="shared")
 """
 
 
 @needs_optuna
-def test_two_worker_processes_share_one_study_in_sqlite(tmp_path: Path) -> None:
+def test_two_worker_processes_fill_one_study_to_n_trials_in_sqlite(tmp_path: Path) -> None:
     storage = f"sqlite:///{tmp_path / 's.db'}"
     code = textwrap.dedent(WORKER.format(tests=str(TESTS), storage=storage))
     workers = [
@@ -239,21 +277,24 @@ def test_two_worker_processes_share_one_study_in_sqlite(tmp_path: Path) -> None:
 
     study = optuna.load_study(study_name="shared", storage=storage)
     complete = [trial for trial in study.trials if trial.state == optuna.trial.TrialState.COMPLETE]
-    assert len(complete) == 4
+    assert len(complete) == 4  # n_trials counts the study's trials, not each worker's
     assert len({trial.params["l1"] for trial in complete}) == 4  # a shared study's sampler is not seeded
+    make_model = Recorder()
     result = sweep(
-        Recorder(),
+        make_model,
         TRAIN,
         VAL,
         l1=[0.01, 0.3],
-        n_trials=1,
+        n_trials=5,
         storage=storage,
         study_name="shared",
         trainer_kwargs=TRAINER,
     )
+    assert len(make_model.calls) == 1  # the study held 4: one more makes 5
     assert len(result.table) == 5
     assert [row["l1"] for row in result.table[:4]] == [trial.params["l1"] for trial in complete]
     assert [row["val_loss"] for row in result.table[:4]] == [trial.value for trial in complete]
+    assert result.table[4]["l1"] == make_model.calls[0]["l1"]
     assert all(0 <= row["sparsity"] <= 1 and row["seconds"] > 0 for row in result.table)
 
 
@@ -268,7 +309,7 @@ def test_a_race_to_create_the_database_is_tried_again(
     calls = []
 
     def racing(**kwargs: Any) -> Any:  # the other worker created the tables first, once
-        calls.append(kwargs["storage"])
+        calls.append(kwargs["storage"].url)
         if len(calls) == 1:
             raise OperationalError("CREATE TABLE studies", {}, Exception("table studies already exists"))
         return create_study(**kwargs)
@@ -383,12 +424,17 @@ def test_the_sweep_command_prints_a_row_per_point_and_the_best(
     best = rows[losses.index(min(losses))]
     assert f"best (lowest val_loss): l1={float(best[0]):g}, l2={float(best[1]):g}" in out
     assert figure.read_bytes().startswith(PNG_SIGNATURE)
-    assert err.splitlines() == [
+    labels = [
         "[1/4] l1=1e-05, l2=0",
         "[2/4] l1=1e-05, l2=0.001",
         "[3/4] l1=0.01, l2=0",
         "[4/4] l1=0.01, l2=0.001",
     ]
+    lines = err.splitlines()  # one line per finished point: its label, state, value, epochs, seconds
+    assert len(lines) == 4
+    for line, label, row in zip(lines, labels, rows, strict=True):
+        assert line.startswith(f"{label}  complete  val_loss {float(row[2]):.4f}  2 epochs  "), line
+        assert line.endswith(" s")
 
 
 @needs_optuna
@@ -419,8 +465,14 @@ def test_the_sweep_command_searches_with_optuna_into_a_storage(
         (["--l2", "nan"], "argument --l2: invalid value 'nan' (expected a finite number >= 0)"),
         (["--n-trials", "0"], "argument --n-trials: invalid value '0' (expected an integer >= 1)"),
         (["--sampler", "grid"], "argument --sampler: invalid choice: 'grid'"),
-        (["--storage", "sqlite:///s.db"], "Invalid storage: 'sqlite:///s.db' without n_trials"),
+        (["--storage", "sqlite:///s.db"], "Invalid study_name: None with storage='sqlite:///s.db'"),
         (["--l1", "0", "1e-3", "--n-trials", "2"], "Invalid l1: [0.0, 0.001]"),
+        (["--pruner", "mean"], "argument --pruner: invalid choice: 'mean'"),
+        (["--warm-start", "--pruner", "median"], "Invalid warm_start: True with pruner='median'"),
+        (
+            ["--warm-start", "--l1", "1e-3", "1e-2", "--n-trials", "2"],
+            "Invalid warm_start: True with n_trials=2",
+        ),
     ],
 )
 def test_bad_sweep_arguments_exit_with_status_2(
@@ -430,3 +482,39 @@ def test_bad_sweep_arguments_exit_with_status_2(
         main(["sweep", *argv])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option", ["--warm-start", "--pruner"])
+def test_the_sweep_command_prunes_or_warm_starts_validating_every_epoch(
+    option: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("sklearn")
+    argv = ["sweep", "--l1", "1e-5", "1e-3", "--epochs", "3", option]
+    if option == "--pruner":
+        storage = f"sqlite:///{tmp_path / 'cli.db'}"
+        argv += ["median", "--storage", storage, "--study-name", "grid"]
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+
+    rows = sweep_rows(out)
+    assert [float(row[0]) for row in rows] == [1e-5, 1e-3]
+    states = [row[4] for row in rows]
+    epochs = [int(row[5]) for row in rows]
+    labels = [line.split("]")[1].split()[0] for line in err.splitlines()]  # a line per finished point
+    if option == "--warm-start":  # strongest first, trained fully
+        assert labels == ["l1=0.001", "l1=1e-05"]
+        assert (states, epochs[1]) == (["complete"] * 2, 3)
+    else:  # a grid shared through a storage: one trial per point, a report per epoch unless pruned
+        assert sorted(labels) == ["l1=0.001", "l1=1e-05"]
+        import optuna
+
+        trials = optuna.load_study(study_name="grid", storage=storage).trials
+        assert sorted(trial.params["l1"] for trial in trials) == [1e-5, 1e-3]
+        by_point = {trial.params["l1"]: trial for trial in trials}
+        for row, state, count in zip(rows, states, epochs, strict=True):
+            trial = by_point[float(row[0])]
+            assert (trial.state.name.lower(), len(trial.intermediate_values)) == (
+                {"complete": "complete", "pruned": "pruned"}[state],
+                count,
+            )
+            assert count == 3 or state == "pruned"

@@ -1,8 +1,10 @@
 """``lightning-reg sweep``: the demo's MLP trained once per strength, by :func:`~lightning_reg.sweeps.sweep`.
 
 A grid of strengths (``--l1 1e-5 1e-4 1e-3``), or an Optuna search over their ranges (``--n-trials``),
-on the digits split of :mod:`lightning_reg.demos.digits`; the command prints one row per point (the
-monitored value, the sparsity of the weights, the seconds) and the best strengths.
+on the digits split of :mod:`lightning_reg.demos.digits`, pruned (``--pruner``) or warm-started along
+the path (``--warm-start``), and shared by the workers of a ``--storage``; the command prints a line on
+standard error as each point finishes, then one row per point (the monitored value, the sparsity of the
+weights, the seconds, the state, the epochs) and the best strengths.
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ from typing import Any
 
 from lightning_reg.cli.arguments import parse_png_path, parse_positive_int, parse_seed, parse_strength
 from lightning_reg.cli.demo import GROUP_BY, describe_setup
+from lightning_reg.cli.progress import ProgressLine
 from lightning_reg.cli.quiet import quiet_lightning, quiet_optuna
 from lightning_reg.cli.table import format_strength, format_table
 from lightning_reg.demos.digits import TRAIN_SIZE, RegularizedDigitsMLP, load_digits_split
 from lightning_reg.optional import require
 from lightning_reg.options import L1_MODES, STRENGTH_NAMES
-from lightning_reg.sweeps import SAMPLERS, SweepResult, check_arguments, sweep
+from lightning_reg.sweeps import PRUNERS, SAMPLERS, SweepResult, check_arguments, sweep
 
 #: The strengths ``lightning-reg sweep`` tries when none is given: a short log grid of loss-mode L1.
 DEFAULT_L1 = (1e-5, 1e-4, 1e-3)
@@ -27,6 +30,9 @@ DEFAULT_L1 = (1e-5, 1e-4, 1e-3)
 SWEEP_EPOCHS = 20
 #: What ``lightning-reg sweep`` can monitor, and which way is best.
 SWEEP_MONITORS = {"val_loss": "min", "val_acc": "max"}
+#: Validations per point with --pruner or --warm-start (otherwise: once, after the last epoch); each costs
+#: about as much as three of the demo's epochs.
+VALIDATIONS = 10
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -75,9 +81,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--sampler", choices=SAMPLERS, help="with --n-trials: random search (default) or TPE")
     parser.add_argument(
+        "--pruner",
+        choices=PRUNERS,
+        help=f"stop unpromising points early (validating {VALIDATIONS} times a point): Optuna's MedianPruner "
+        "or HyperbandPruner",
+    )
+    parser.add_argument(
+        "--warm-start",
+        action="store_true",
+        help="train the grid as a regularization path, strongest first, each point from the previous "
+        f"one's weights until its monitored value stops improving (validating {VALIDATIONS} times a point)",
+    )
+    parser.add_argument(
         "--storage",
         metavar="URL",
-        help="with --n-trials: an Optuna storage (sqlite:///sweep.db) shared by several workers",
+        help="an Optuna storage (sqlite:///sweep.db, postgresql+psycopg://..., journal:PATH) whose study "
+        "several workers share: each point of a grid is trained once, --n-trials counts the study's trials",
     )
     parser.add_argument("--study-name", metavar="NAME", help="with --storage: the shared study's name")
     parser.add_argument(
@@ -94,6 +113,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     strengths: dict[str, Any] = {name: getattr(args, name) for name in STRENGTH_NAMES}
     if all(value is None for value in strengths.values()):
         strengths["l1"] = list(DEFAULT_L1)
+    line = ProgressLine("", sys.stderr)
+    stepwise = args.pruner is not None or args.warm_start
     options: dict[str, Any] = {
         "monitor": args.monitor,
         "mode": SWEEP_MONITORS[args.monitor],
@@ -101,14 +122,18 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             "accelerator": "cpu",
             "devices": 1,
             "max_epochs": args.epochs,
-            "check_val_every_n_epoch": args.epochs,  # validate once, after the last epoch
+            # validate once, after the last epoch, unless a pruner or a path's stopping rule reads it
+            "check_val_every_n_epoch": max(1, args.epochs // VALIDATIONS) if stepwise else args.epochs,
             "num_sanity_val_steps": 0,
+            "callbacks": [line],
         },
         "n_trials": args.n_trials,
         "sampler": args.sampler,
         "storage": args.storage,
         "study_name": args.study_name,
         "seed": args.seed,
+        "pruner": args.pruner,
+        "warm_start": args.warm_start,
     }
     built = 0
 
@@ -117,8 +142,14 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         built += 1
         total = args.n_trials or math.prod(len(values) for values in strengths.values() if values)
         values = ", ".join(f"{name}={value:.3g}" for name, value in point.items())
-        print(f"[{built}/{total}] {values}", file=sys.stderr, flush=True)
+        line.label = f"[{built}/{total}] {values}"
         return RegularizedDigitsMLP(**point, l1_mode=args.l1_mode, group_by=GROUP_BY)
+
+    def progress(row: dict[str, Any]) -> None:
+        value = row[args.monitor]
+        line.finish(
+            f"{row['state']}  {args.monitor} {value:.4f}  {row['epochs']} epochs  {row['seconds']:.1f} s"
+        )
 
     try:
         check_arguments(make_model, strengths, **options)
@@ -127,11 +158,16 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         data = load_digits_split(TRAIN_SIZE, args.seed)
     except ValueError as error:
         parser.error(str(error))
-    except ImportError as error:  # Optuna (with --n-trials), scikit-learn or matplotlib
+    except (
+        ImportError
+    ) as error:  # Optuna (with --n-trials, --storage or --pruner), scikit-learn or matplotlib
         print(f"lightning-reg sweep: {error}", file=sys.stderr)
         return 1
-    with quiet_lightning(), quiet_optuna(args.n_trials is not None):
-        result = sweep(make_model, data.train_loader(), data.eval_loaders(), **strengths, **options)
+    uses_optuna = args.n_trials is not None or args.storage is not None or args.pruner is not None
+    with quiet_lightning(), quiet_optuna(uses_optuna):
+        result = sweep(
+            make_model, data.train_loader(), data.eval_loaders(), **strengths, **options, progress=progress
+        )
     print(f"{describe_setup(data, args.epochs, args.seed)}; l1_mode {args.l1_mode}")
     print()
     print(format_sweep_table(result))
@@ -147,19 +183,22 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 def format_sweep_table(result: SweepResult) -> str:
     """The rows of ``result`` as an aligned text table, one line per row.
 
-    >>> row = {"l1": 1e-4, "val_loss": 0.61234, "sparsity": 0.25, "seconds": 3.14159}
+    >>> row = {"l1": 1e-4, "val_loss": 0.61234, "sparsity": 0.25, "seconds": 3.14159, "state": "pruned",
+    ...        "epochs": 4}
     >>> print(format_sweep_table(SweepResult([row], ("l1",), "val_loss", "min")))
-    l1        val_loss  sparsity  seconds
-    --------  --------  --------  -------
-    1.00e-04    0.6123     0.250      3.1
+    l1        val_loss  sparsity  seconds   state  epochs
+    --------  --------  --------  -------  ------  ------
+    1.00e-04    0.6123     0.250      3.1  pruned       4
     """
-    header = (*result.names, result.monitor, "sparsity", "seconds")
+    header = (*result.names, result.monitor, "sparsity", "seconds", "state", "epochs")
     rows = [
         (
             *(format_strength(row[name], 2) for name in result.names),
             f"{row[result.monitor]:.4f}",
             f"{row['sparsity']:.3f}",
             f"{row['seconds']:.1f}",
+            row.get("state", "complete"),
+            str(row.get("epochs", "")),
         )
         for row in result.table
     ]

@@ -1,23 +1,45 @@
 """Strength sweeps: one model per point of a grid or per Optuna trial, compared on a validation set.
 
-The modules, by job: :mod:`~lightning_reg.sweeps.result` (:class:`SweepResult`, its best row and plot;
-no Lightning), :mod:`~lightning_reg.sweeps.arguments` (every argument checked before training),
-:mod:`~lightning_reg.sweeps.runner` (:func:`sweep` itself: the grid, one point's training) and
-:mod:`~lightning_reg.sweeps.study` (the Optuna search). ``from lightning_reg import sweep`` is the same
-function.
+The modules, by job: :mod:`~lightning_reg.sweeps.result` (:class:`SweepResult`, its best row, Pareto
+front and plot; no Lightning), :mod:`~lightning_reg.sweeps.arguments` (every argument checked before
+training), :mod:`~lightning_reg.sweeps.runner` (:func:`sweep` itself: the grid, the warm-started paths,
+one point's training), :mod:`~lightning_reg.sweeps.callbacks` (the pruner's report after each
+validation), :mod:`~lightning_reg.sweeps.study` (the Optuna study and its workers) and
+:mod:`~lightning_reg.sweeps.storages` (databases with heartbeats, the journal file).
+``from lightning_reg import sweep`` is the same function.
 """
 
-from lightning_reg.sweeps.arguments import SAMPLERS, TRAINER_DEFAULTS, Sampler, check_arguments
-from lightning_reg.sweeps.result import MODES, Mode, SweepResult
-from lightning_reg.sweeps.runner import sweep
+from lightning_reg.sweeps.arguments import (
+    PATH_ORDER,
+    PRUNERS,
+    SAMPLERS,
+    TRAINER_DEFAULTS,
+    Pruner,
+    Sampler,
+    check_arguments,
+)
+from lightning_reg.sweeps.callbacks import ReportToTrial
+from lightning_reg.sweeps.result import MODES, STATES, Mode, State, SweepResult
+from lightning_reg.sweeps.runner import WARM_START_PATIENCE, sweep
+from lightning_reg.sweeps.storages import HEARTBEAT_INTERVAL, MAX_RETRY, open_storage
 
 __all__ = [
+    "HEARTBEAT_INTERVAL",
+    "MAX_RETRY",
     "MODES",
+    "PATH_ORDER",
+    "PRUNERS",
     "SAMPLERS",
+    "STATES",
     "TRAINER_DEFAULTS",
+    "WARM_START_PATIENCE",
     "Mode",
+    "Pruner",
+    "ReportToTrial",
     "Sampler",
+    "State",
     "SweepResult",
     "check_arguments",
+    "open_storage",
     "sweep",
 ]

@@ -17,6 +17,7 @@ import lightning.pytorch as L
 from lightning_reg.checks import (
     InvalidArgumentError,
     check_choice,
+    check_flag,
     check_integer,
     check_strength_list,
     check_text,
@@ -26,8 +27,13 @@ from lightning_reg.sweeps.result import MEASUREMENTS, MODES, Mode
 from lightning_reg.sweeps.study import import_optuna
 
 Sampler = Literal["random", "tpe"]
+Pruner = Literal["median", "hyperband"]
 
 SAMPLERS: tuple[Sampler, ...] = ("random", "tpe")
+#: The pruners ``sweep`` builds by name (an ``optuna.pruners.BasePruner`` object is accepted as well).
+PRUNERS: tuple[Pruner, ...] = ("median", "hyperband")
+#: The strengths a warm-started path runs along: the first of these that is swept.
+PATH_ORDER = ("l1", "group_l1", "l2")
 #: The Trainer arguments ``sweep`` sets unless ``trainer_kwargs`` gives them: no files, no progress output.
 TRAINER_DEFAULTS: dict[str, Any] = {
     "logger": False,
@@ -49,18 +55,52 @@ class Search:
     trainer_kwargs: dict[str, Any]
     n_trials: int | None
     sampler: Sampler
-    storage: str | None
+    storage: object  # None, a URL or an Optuna storage
     study_name: str | None
     seed: int | None
+    pruner: object = None  # None, one of PRUNERS or an Optuna pruner
+    warm_start: bool = False
+    catch: tuple[type[BaseException], ...] = ()
 
     @property
     def names(self) -> tuple[str, ...]:
         """The swept strengths, in the order of :data:`~lightning_reg.options.STRENGTH_NAMES`."""
         return tuple(self.values)
 
+    @property
+    def uses_study(self) -> bool:
+        """Whether the points run as the trials of an Optuna study (a search, a pruner or a storage)."""
+        return self.n_trials is not None or self.pruner is not None or self.storage is not None
+
     def points(self) -> Iterable[tuple[float, ...]]:
-        """The grid, in product order."""
+        """The grid, in product order (the first swept strength varies slowest)."""
         return itertools.product(*self.values.values())
+
+    def strengths(self, point: Iterable[float]) -> dict[str, float]:
+        """A point of the grid as the keywords of ``make_model``."""
+        return dict(zip(self.names, point, strict=True))
+
+    def paths(self) -> list[list[dict[str, float]]]:
+        """The grid as warm-started paths: one per combination of the other strengths, strongest first.
+
+        The path runs along the first swept strength of :data:`PATH_ORDER`; the paths come in the
+        product order of the other strengths.
+
+        >>> search = check_arguments(
+        ...     print, {"l1": [1e-4, 1e-3], "l2": [0.0, 0.1]}, monitor="val_loss", mode="min",
+        ...     trainer_kwargs=None, n_trials=None, sampler=None, storage=None, study_name=None, seed=0,
+        ... )
+        >>> for path in search.paths():
+        ...     print(path)
+        [{'l1': 0.001, 'l2': 0.0}, {'l1': 0.0001, 'l2': 0.0}]
+        [{'l1': 0.001, 'l2': 0.1}, {'l1': 0.0001, 'l2': 0.1}]
+        """
+        along = next(name for name in PATH_ORDER if name in self.values)
+        paths: dict[tuple[float, ...], list[dict[str, float]]] = {}
+        others = [name for name in self.names if name != along]
+        for point in map(self.strengths, self.points()):
+            paths.setdefault(tuple(point[name] for name in others), []).append(point)
+        return [sorted(path, key=lambda point: -point[along]) for path in paths.values()]
 
 
 def check_arguments(
@@ -75,6 +115,10 @@ def check_arguments(
     storage: object,
     study_name: object,
     seed: object,
+    pruner: object = None,
+    warm_start: object = False,
+    catch: object = (),
+    progress: object = None,
 ) -> Search:
     """Check every argument of :func:`~lightning_reg.sweeps.sweep`; raise naming the first bad one.
 
@@ -87,14 +131,20 @@ def check_arguments(
         trainer_kwargs: ``Trainer`` arguments, or ``None``.
         n_trials: the number of Optuna trials, or ``None`` for a grid.
         sampler: ``"random"``, ``"tpe"`` or ``None``.
-        storage: an Optuna storage URL, or ``None``.
+        storage: an Optuna storage URL, ``"journal:PATH"``, an ``optuna.storages.BaseStorage``, or
+            ``None``.
         study_name: the study's name, or ``None``.
         seed: an integer from ``0`` to ``2**32 - 1``, or ``None``.
+        pruner: ``None``, ``"median"``, ``"hyperband"`` or an ``optuna.pruners.BasePruner``.
+        warm_start: ``True`` or ``False``.
+        catch: an exception class, or a tuple of them.
+        progress: a callable that takes a row, or ``None``.
 
     Raises:
         ~lightning_reg.checks.InvalidArgumentError: a bad value (a ``ValueError``); a plain
             ``ValueError`` for arguments that do not go together.
-        ~lightning_reg.optional.MissingDependencyError: ``n_trials`` without Optuna installed.
+        ~lightning_reg.optional.MissingDependencyError: Optuna is not installed, and ``n_trials``,
+            ``storage`` or ``pruner`` needs it.
 
     >>> search = check_arguments(
     ...     print, {"l1": [1e-4, 1e-3], "l2": None}, monitor="val_loss", mode="min",
@@ -116,7 +166,7 @@ def check_arguments(
             f"nothing to sweep: give at least one of {', '.join(STRENGTH_NAMES)} (e.g. l1=[1e-5, 1e-4, 1e-3])"
         )
     monitor = check_text("monitor", monitor, "the name of a logged metric")
-    columns = (*STRENGTH_NAMES, *MEASUREMENTS)
+    columns = (*STRENGTH_NAMES, *MEASUREMENTS, "error")
     if monitor in columns:
         other = ", ".join(repr(column) for column in columns)
         raise InvalidArgumentError("monitor", monitor, f"a metric other than the table's columns {other}")
@@ -126,23 +176,39 @@ def check_arguments(
     )
     kwargs = _trainer_kwargs(trainer_kwargs)
     seed_value = None if seed is None else check_integer("seed", seed, 0, 2**32 - 1)
-    if storage is not None:
-        storage = check_text("storage", storage, "an Optuna storage URL")
+    storage = _storage(storage)
     if study_name is not None:
         study_name = check_text("study_name", study_name)
+    checked_pruner = _pruner(pruner)
+    warm = check_flag("warm_start", warm_start)
+    caught = _exception_types("catch", catch)
+    if progress is not None and not callable(progress):
+        raise InvalidArgumentError("progress", progress, "a callable that takes a row, or None")
     if trials is None:
-        for name, value in (("sampler", sampler), ("storage", storage), ("study_name", study_name)):
-            if value is not None:
-                raise ValueError(
-                    f"Invalid {name}: {value!r} without n_trials (a grid runs every point; give "
-                    "n_trials to search with Optuna)"
-                )
-    elif storage is not None and study_name is None:
+        if sampler is not None:
+            raise ValueError(
+                f"Invalid sampler: {sampler!r} without n_trials (a grid runs every point; give "
+                "n_trials to search with Optuna)"
+            )
+        if study_name is not None and storage is None and checked_pruner is None:
+            raise ValueError(
+                f"Invalid study_name: {study_name!r} without n_trials, storage or pruner (a plain grid "
+                "makes no Optuna study to name)"
+            )
+    if storage is not None and study_name is None:
         raise ValueError(
             f"Invalid study_name: None with storage={storage!r} (name the study, so that other "
             "workers can load it)"
         )
-    if trials is not None:
+    if warm:
+        for name, value in (("n_trials", trials), ("storage", storage), ("pruner", checked_pruner)):
+            if value is not None:
+                raise ValueError(
+                    f"Invalid warm_start: True with {name}={value!r} (a warm-started path trains the "
+                    "points of a grid one after another in this process, each stopped by its own "
+                    "rule; drop warm_start or " + name + ")"
+                )
+    if trials is not None or storage is not None:
         import_optuna()
     return Search(
         values=values,
@@ -154,7 +220,55 @@ def check_arguments(
         storage=storage,
         study_name=study_name,
         seed=seed_value,
+        pruner=checked_pruner,
+        warm_start=warm,
+        catch=caught,
     )
+
+
+def _storage(value: object) -> object:
+    """``value`` if it is ``None``, a non-empty string or an Optuna storage object."""
+    expected = "an Optuna storage URL, 'journal:PATH' or an optuna.storages.BaseStorage"
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return check_text("storage", value, expected)
+    if not isinstance(value, import_optuna().storages.BaseStorage):
+        raise InvalidArgumentError("storage", value, expected)
+    return value
+
+
+def _pruner(value: object) -> object:
+    """``value`` if it is ``None``, one of :data:`PRUNERS` or an Optuna pruner (Optuna is then needed)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        check_choice("pruner", value, PRUNERS)
+    optuna = import_optuna()
+    if not isinstance(value, (str, optuna.pruners.BasePruner)):
+        expected = "one of " + ", ".join(map(repr, PRUNERS)) + " or an optuna.pruners.BasePruner"
+        raise InvalidArgumentError("pruner", value, expected)
+    return value
+
+
+def _exception_types(name: str, value: object) -> tuple[type[BaseException], ...]:
+    """``value`` as a tuple of exception classes: a class, or an iterable of them (Optuna's ``catch``).
+
+    >>> _exception_types("catch", (ValueError, RuntimeError))
+    (<class 'ValueError'>, <class 'RuntimeError'>)
+    >>> _exception_types("catch", "ValueError")
+    Traceback (most recent call last):
+    ...
+    lightning_reg.checks.InvalidArgumentError: Invalid catch: 'ValueError' (expected a tuple of ...)
+    """
+    expected = "a tuple of exception classes, e.g. (ValueError, RuntimeError)"
+    items = (value,) if isinstance(value, type) else value
+    if isinstance(items, (str, bytes, Mapping)) or not isinstance(items, Iterable):
+        raise InvalidArgumentError(name, value, expected)
+    checked = tuple(items)
+    if not all(isinstance(item, type) and issubclass(item, BaseException) for item in checked):
+        raise InvalidArgumentError(name, value, expected)
+    return checked
 
 
 def _strength_list(name: str, value: object, *, log_range: bool) -> list[float]:

@@ -1,9 +1,11 @@
 """``sweep``: train one model per regularization strength and compare them on a validation set.
 
-By default the strengths form a grid (the cartesian product of the given lists, usually log-spaced).
-With ``n_trials`` the lists give ranges instead, searched on a log scale by Optuna (random search or TPE,
-see :mod:`~lightning_reg.sweeps.study`); a ``storage`` shared by several processes or machines lets them
-work on one study. Optuna is an optional dependency (the ``sweep`` extra), imported only when used.
+By default the strengths form a grid (the cartesian product of the given lists, usually log-spaced),
+trained here one point after another, or as warm-started paths (``warm_start``). With ``n_trials`` the
+lists give ranges instead, searched on a log scale by Optuna (random search or TPE); with a ``pruner`` or
+a ``storage`` the points run as the trials of an Optuna study, which several processes or machines can
+share (see :mod:`~lightning_reg.sweeps.study`). Optuna is an optional dependency (the ``sweep`` extra),
+imported only when used.
 """
 
 from __future__ import annotations
@@ -11,14 +13,23 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as L
+from lightning.pytorch.callbacks import Callback, EarlyStopping
 
 from lightning_reg.module import regularizer_of
-from lightning_reg.sweeps.arguments import Sampler, Search, check_arguments
+from lightning_reg.sweeps.arguments import Pruner, Sampler, Search, check_arguments
+from lightning_reg.sweeps.callbacks import ReportToTrial
 from lightning_reg.sweeps.result import Mode, SweepResult
-from lightning_reg.sweeps.study import optimize
+from lightning_reg.sweeps.study import describe_error, optimize
+
+if TYPE_CHECKING:
+    import optuna
+
+#: Validations without improvement after which a warm-started point stops (``EarlyStopping``'s
+#: ``patience``; with ``check_val_every_n_epoch=k`` that is ``k`` times as many epochs).
+WARM_START_PATIENCE = 3
 
 
 def sweep(
@@ -34,9 +45,13 @@ def sweep(
     trainer_kwargs: Mapping[str, Any] | None = None,
     n_trials: int | None = None,
     sampler: Sampler | None = None,
-    storage: str | None = None,
+    storage: str | optuna.storages.BaseStorage | None = None,
     study_name: str | None = None,
     seed: int | None = 0,
+    pruner: Pruner | optuna.pruners.BasePruner | None = None,
+    warm_start: bool = False,
+    catch: type[BaseException] | tuple[type[BaseException], ...] = (),
+    progress: Callable[[dict[str, Any]], object] | None = None,
 ) -> SweepResult:
     """Train one model per point of a grid (or per Optuna trial) of strengths; compare them.
 
@@ -46,17 +61,41 @@ def sweep(
     dataloaders; the row records ``trainer.callback_metrics[monitor]`` after ``fit`` (log it in
     ``validation_step``), the sparsity of the model's regularized weights (its ``regularizer`` for a
     :class:`~lightning_reg.module.RegularizedModule`, else ``Regularizer(model)``'s selection; NaN if it
-    has none) and the seconds ``fit`` took.
+    has none), the seconds ``fit`` took, the point's ``state`` and the ``epochs`` it trained (see
+    :class:`SweepResult`).
 
     - Grid (default): every combination of the given lists, in order (``l1`` varies slowest).
     - ``n_trials``: each list gives the range ``[min, max]`` that Optuna searches on a log scale (a
       single value, or equal ends, keeps that strength fixed); ``sampler`` ``"random"`` (default) or
-      ``"tpe"``. The trials go to a study; with ``storage`` (an Optuna storage URL such as
-      ``"sqlite:///sweep.db"``) and ``study_name``, the study is created or loaded there, so that
-      several processes or machines running the same call share it, each running ``n_trials`` more. The
-      table then holds every complete trial of the study, other workers' included.
+      ``"tpe"``.
+    - ``pruner``: the monitored value is reported to Optuna after every validation, and Optuna's
+      ``MedianPruner`` (``"median"``) or ``HyperbandPruner`` (``"hyperband"``), or the pruner object
+      given, stops an unpromising point early: its row is ``"pruned"``, with its last value and its
+      epochs. A grid with a pruner runs as an Optuna study (``GridSampler``); validate more than once
+      per point (``check_val_every_n_epoch``) for the pruner to have something to compare.
+    - ``storage`` (with ``study_name``): the study is created or loaded there, and every process or
+      machine that runs the same call is a worker of it. A grid is shared: each point is trained once
+      across the workers. ``n_trials`` counts the study's trials across the workers, not each worker's:
+      the workers stop once the study holds ``n_trials`` (a later call with a larger ``n_trials`` adds
+      the difference). In a database, a worker that dies mid-point is detected by its heartbeats and
+      its point is trained again by a surviving one; every worker returns when no point is left, after
+      waiting for the points still running elsewhere, and its table holds every finished point of the
+      study, other workers' included. A URL gets the heartbeat timing of
+      :func:`~lightning_reg.sweeps.storages.open_storage`; pass its result to choose another.
+    - ``warm_start`` (a grid without pruner or storage): the regularization path. The grid is cut into
+      paths along the first swept strength of ``l1``, ``group_l1``, ``l2`` (in that order of
+      preference), one path per combination of the other swept strengths, and each path runs from its
+      strongest value to its weakest, as glmnet does: the strongest strength gives the sparsest, simplest
+      model, and each weaker one starts near its solution. The first point of a path trains fully;
+      each later one loads the weights of the path's previous complete point (``load_state_dict``, so
+      ``make_model`` must build the same architecture) and stops once its monitored value has not
+      improved for :data:`WARM_START_PATIENCE` validations (``EarlyStopping``), or at ``max_epochs``.
+      The rows still come in the grid's order.
+    - ``catch``: an error of one of these types while a point is built or trained makes its row
+      ``"failed"`` (with ``error``), and the sweep goes on; other errors propagate.
 
-    Every argument is checked before any model is built.
+    Every argument is checked before any model is built. Progress is silent unless ``progress`` is
+    given: it is called with each row as its point finishes in this process.
 
     Args:
         make_model: builds the model of one point from the swept strengths as keywords.
@@ -70,22 +109,32 @@ def sweep(
         trainer_kwargs: arguments of every point's ``Trainer`` (``max_epochs``, ``accelerator``, ...),
             over :data:`TRAINER_DEFAULTS`. The same objects go to every Trainer: stateful callbacks
             (``EarlyStopping``) carry their state from one point to the next.
-        n_trials: search with Optuna, running this many trials (in this process).
+        n_trials: search with Optuna: this many trials in the study (across workers, with ``storage``).
         sampler: with ``n_trials``, ``"random"`` (default) or ``"tpe"``.
-        storage: with ``n_trials``, an Optuna storage (URL) to keep and share the study in.
-        study_name: with ``n_trials``, the study's name; required with ``storage``.
+        storage: an Optuna storage to keep and share the study in: a database URL
+            (``"sqlite:///sweep.db"``, ``"postgresql+psycopg://user@host/db"``), ``"journal:PATH"``
+            (Optuna's journal file, for a shared file system without a database server: no
+            heartbeats), or an ``optuna.storages.BaseStorage``.
+        study_name: the study's name; required with ``storage``.
         seed: ``L.seed_everything(seed)`` runs before each model is built, so every point starts from
             the same weights and data order; it also seeds the sampler, unless the study is in a
             ``storage`` (workers sharing it would draw the same points). ``None``: no seeding.
+        pruner: ``"median"``, ``"hyperband"`` or an ``optuna.pruners.BasePruner``; ``None``: none.
+        warm_start: train the grid as regularization paths, each point from the previous one's weights.
+        catch: the exception types that fail one point rather than the sweep (Optuna's convention).
+        progress: called with each row of this process, as its point finishes (the command line
+            prints a line from it).
 
     Returns:
-        a :class:`SweepResult`: ``.table`` (the rows) and ``.best`` (the best row's strengths).
+        a :class:`SweepResult`: ``.table`` (the rows), ``.best`` (the best complete row's strengths) and
+        ``.pareto`` (the complete rows not beaten on both the monitored value and sparsity).
 
     Raises:
         ValueError: for a bad argument, before any training; when ``monitor`` was not logged (naming
-            what was); for a stored study that does not match this call (direction, monitor, strengths).
-        ~lightning_reg.optional.MissingDependencyError: ``n_trials`` without Optuna installed (an
-            ``ImportError``).
+            what was); for a stored study that does not match this call (direction, monitor, grid,
+            strengths).
+        ~lightning_reg.optional.MissingDependencyError: ``n_trials``, ``storage`` or ``pruner`` without
+            Optuna installed (an ``ImportError``).
 
     Example::
 
@@ -121,6 +170,23 @@ def sweep(
         [(0.001, 0.5), (1.0, 0.75)]
         >>> result.best
         {'l1': 0.001}
+
+    The same grid as a warm-started path: ``l1=1.0`` trains fully, then ``1e-3`` starts from its
+    weights and trains until its loss has not improved for 3 validations (here it improves to the
+    end); a failing point is caught::
+
+        >>> def make_model(**strengths):
+        ...     if strengths["l1"] == 0.1:
+        ...         raise RuntimeError("no model for 0.1")
+        ...     return Net(**strengths, l1_mode="proximal")
+        >>> path = sweep(
+        ...     make_model, train, val, l1=[1e-3, 0.1, 1.0], warm_start=True, catch=(RuntimeError,),
+        ...     trainer_kwargs={"max_epochs": 20, "accelerator": "cpu"},
+        ... )
+        >>> [(row["l1"], row["state"], row["epochs"]) for row in path.table]
+        [(0.001, 'complete', 20), (0.1, 'failed', 0), (1.0, 'complete', 20)]
+        >>> path.table[1]["error"]
+        'RuntimeError: no model for 0.1'
     """
     search = check_arguments(
         make_model,
@@ -133,32 +199,88 @@ def sweep(
         storage=storage,
         study_name=study_name,
         seed=seed,
+        pruner=pruner,
+        warm_start=warm_start,
+        catch=catch,
+        progress=progress,
     )
+    loaders = (train_dataloaders, val_dataloaders)
 
-    def train(strengths: dict[str, float]) -> dict[str, float]:
-        return _train_point(make_model, strengths, train_dataloaders, val_dataloaders, search)
+    def train(
+        strengths: dict[str, float],
+        trial: optuna.Trial | None = None,
+        start_from: L.LightningModule | None = None,
+    ) -> tuple[dict[str, Any], L.LightningModule | None]:
+        row, model = _train_point(make_model, strengths, loaders, search, trial, start_from)
+        if progress is not None:
+            progress(row)
+        return row, model
 
-    if search.n_trials is None:
-        table = [train(dict(zip(search.names, point, strict=True))) for point in search.points()]
+    if search.uses_study:
+        table = optimize(lambda strengths, trial: train(strengths, trial)[0], search)
+    elif search.warm_start:
+        table = _warm_paths(train, search)
     else:
-        table = optimize(train, search)
+        table = [train(search.strengths(point))[0] for point in search.points()]
     return SweepResult(table=table, names=search.names, monitor=monitor, mode=search.mode)
+
+
+def _warm_paths(
+    train: Callable[..., tuple[dict[str, Any], L.LightningModule | None]], search: Search
+) -> list[dict[str, Any]]:
+    """Train each path of the grid, each point from the previous complete one; the rows in grid order."""
+    rows: dict[tuple[float, ...], list[dict[str, Any]]] = {}
+    for path in search.paths():
+        previous = None
+        for strengths in path:
+            row, model = train(strengths, start_from=previous)
+            if row["state"] == "complete":
+                previous = model
+            rows.setdefault(tuple(strengths.values()), []).append(row)
+    return [rows[point].pop(0) for point in search.points()]
 
 
 def _train_point(
     make_model: Callable[..., L.LightningModule],
     strengths: dict[str, float],
-    train_dataloaders: Any,
-    val_dataloaders: Any,
+    loaders: tuple[Any, Any],
     search: Search,
-) -> dict[str, float]:
-    """Build, fit and measure the model of one point: its row of the table."""
+    trial: optuna.Trial | None,
+    start_from: L.LightningModule | None,
+) -> tuple[dict[str, Any], L.LightningModule | None]:
+    """Build, fit and measure the model of one point: its row of the table, and the model.
+
+    With ``trial`` (a pruner), each validation is reported to it; with ``start_from`` (a warm start),
+    the model starts from its weights and stops by :data:`WARM_START_PATIENCE`. An error of a type in
+    ``search.catch`` gives a failed row (and no model).
+    """
     if search.seed is not None:
         L.seed_everything(search.seed, verbose=False)
-    model = make_model(**strengths)
-    trainer = L.Trainer(**search.trainer_kwargs)
+    extra: list[Callback] = []
+    reporter = None
+    if trial is not None and search.pruner is not None:
+        reporter = ReportToTrial(trial, search.monitor)
+        extra.append(reporter)
+    if start_from is not None:
+        extra.append(EarlyStopping(search.monitor, patience=WARM_START_PATIENCE, mode=search.mode))
+    kwargs = search.trainer_kwargs
+    if extra:
+        given = kwargs.get("callbacks") or []
+        kwargs = {**kwargs, "callbacks": [*([given] if isinstance(given, Callback) else given), *extra]}
+    trainer = None
     start = time.perf_counter()
-    trainer.fit(model, train_dataloaders, val_dataloaders)
+    try:
+        model = make_model(**strengths)
+        if start_from is not None:
+            model.load_state_dict(start_from.state_dict())
+        trainer = L.Trainer(**kwargs)
+        start = time.perf_counter()
+        trainer.fit(model, *loaders)
+    except search.catch as error:
+        failed = {search.monitor: math.nan, "sparsity": math.nan, "seconds": time.perf_counter() - start}
+        epochs = 0 if trainer is None else trainer.current_epoch
+        row = {**strengths, **failed, "state": "failed", "epochs": epochs, "error": describe_error(error)}
+        return row, None
     seconds = time.perf_counter() - start
     metrics = trainer.callback_metrics
     if search.monitor not in metrics:
@@ -166,12 +288,15 @@ def _train_point(
             f"monitor {search.monitor!r} was not logged (logged after fit: {sorted(metrics)}); log it "
             "with self.log in validation_step, or pass one of those names"
         )
-    return {
+    row = {
         **strengths,
         search.monitor: float(metrics[search.monitor]),
         "sparsity": _sparsity(model),
         "seconds": seconds,
+        "state": "pruned" if reporter is not None and reporter.pruned else "complete",
+        "epochs": trainer.current_epoch,
     }
+    return row, model
 
 
 def _sparsity(model: L.LightningModule) -> float:
