@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import warnings
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -27,7 +26,7 @@ from lightning_reg.options import (
 )
 from lightning_reg.param_groups import check_no_own_decay, decay_groups, split_optimizer
 from lightning_reg.penalties import group_l1_norm, l1_norm, squared_norm
-from lightning_reg.selection import Selection, Strengths, couple, select_parameters
+from lightning_reg.selection import Selection, Strengths, couple, select_parameters, warn_unmatched
 from lightning_reg.sharding import add_, is_sharded
 from lightning_reg.statistics import NEAR_ZERO_TOL, WeightStatistics, statistics_of
 
@@ -144,15 +143,7 @@ class Regularizer:
         self._weights_in_loss = bool(self.selection.regularized) and (
             in_loss or (options.l2_mode == "loss" and self._has_l2)
         )
-        unmatched = [("exclude", pattern) for pattern in self.selection.unmatched]
-        unmatched += [("rules", pattern) for pattern in self.selection.unmatched_rules]
-        for option, pattern in unmatched:
-            warnings.warn(
-                f"{option} pattern {pattern!r} matches no trainable parameter of "
-                f"{type(model).__name__}; names look like {self._example_names(model)}",
-                UserWarning,
-                stacklevel=2,
-            )
+        warn_unmatched(self.selection, model)
 
     @classmethod
     def from_options(
@@ -445,7 +436,3 @@ class Regularizer:
     def statistics(self, near_zero_tol: float = NEAR_ZERO_TOL) -> WeightStatistics:
         """Norms and zero counts of ``W``, as tensors on the weights' device (no host synchronisation)."""
         return statistics_of(self.selection, self.options, self.step, near_zero_tol)
-
-    @staticmethod
-    def _example_names(model: nn.Module, count: int = 3) -> list[str]:
-        return [name for name, _ in model.named_parameters()][:count]

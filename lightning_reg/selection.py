@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
@@ -250,6 +251,20 @@ def couple(selection: Selection, traced: Iterable[tuple[Coupling, Sequence[str]]
         couplings.append(coupling)
         strengths.append(next(iter(given.values())))
     return dataclasses.replace(selection, couplings=tuple(couplings), coupling_strengths=tuple(strengths))
+
+
+def warn_unmatched(selection: Selection, model: nn.Module) -> None:
+    """Warn of each ``exclude`` or ``rules`` pattern that matched no parameter: likely a typo."""
+    unmatched = [("exclude", pattern) for pattern in selection.unmatched]
+    unmatched += [("rules", pattern) for pattern in selection.unmatched_rules]
+    examples = [name for name, _ in model.named_parameters()][:3]
+    for option, pattern in unmatched:
+        warnings.warn(
+            f"{option} pattern {pattern!r} matches no trainable parameter of "
+            f"{type(model).__name__}; names look like {examples}",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def _no_weight_decay_names(model: nn.Module) -> frozenset[str]:
