@@ -110,33 +110,54 @@ class Killed(BaseException):
     """Ends a worker in the middle of a point, as SIGKILL would: Optuna neither catches nor records it."""
 
 
+class DeadPoint:
+    """A shared grid of two points in SQLite whose worker died in the point 0.3, failed as stale since.
+
+    ``make_model`` records every point it builds in ``calls``; the first build of 0.3 ends the worker.
+    """
+
+    def __init__(self, tmp_path: Path) -> None:
+        import optuna
+
+        self.calls: list[float] = []
+        storage = f"sqlite:///{tmp_path / 'grid.db'}"
+        self.common: dict[str, Any] = {
+            "l1": [0.1, 0.3],
+            "trainer_kwargs": TRAINER,
+            "storage": storage,
+            "study_name": "g",
+        }
+        with pytest.raises(Killed):
+            sweep(self.make_model, TRAIN, VAL, **self.common)
+        self.study = optuna.load_study(study_name="g", storage=storage)
+        (dead,) = [trial for trial in self.study.trials if trial.state.name == "RUNNING"]
+        self.study.tell(dead.number, state=optuna.trial.TrialState.FAIL)  # a worker failed it as stale
+        self.dead = self.study.trials[dead.number]
+
+    def make_model(self, **strengths: float) -> ValRegression:
+        self.calls.append(strengths["l1"])
+        if strengths["l1"] == 0.3 and self.calls.count(0.3) == 1:
+            raise Killed
+        return ValRegression(**strengths, l1_mode="proximal")
+
+    def resume(self) -> Any:
+        """The sweep run again by a surviving worker."""
+        return sweep(self.make_model, TRAIN, VAL, **self.common)
+
+
 @needs_optuna
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 def test_two_retries_of_one_dead_trial_train_its_point_once(tmp_path: Path) -> None:
     import optuna
 
-    storage, grid = f"sqlite:///{tmp_path / 'grid.db'}", [0.1, 0.3]
-    calls: list[float] = []
-
-    def make_model(**strengths: float) -> ValRegression:
-        calls.append(strengths["l1"])
-        if strengths["l1"] == 0.3 and calls.count(0.3) == 1:
-            raise Killed
-        return ValRegression(**strengths, l1_mode="proximal")
-
-    common: dict[str, object] = {"l1": grid, "trainer_kwargs": TRAINER, "storage": storage, "study_name": "g"}
-    with pytest.raises(Killed):
-        sweep(make_model, TRAIN, VAL, **common)
-    study = optuna.load_study(study_name="g", storage=storage)
-    (dead,) = [trial for trial in study.trials if trial.state.name == "RUNNING"]
-    # two workers fail the stale trial at once (SQLite has no row lock): each queues a retry
-    study.tell(dead.number, state=optuna.trial.TrialState.FAIL)
-    dead = study.trials[dead.number]
+    point = DeadPoint(tmp_path)
+    study, dead, calls = point.study, point.dead, point.calls
+    # two workers failed the stale trial at once (SQLite has no row lock): each queues a retry
     retry = optuna.storages.RetryHeartbeatStaleTrialCallback()
     retry(study, dead)
     retry(study, dead)
 
-    result = sweep(make_model, TRAIN, VAL, **common)
+    result = point.resume()
     assert sorted(calls) == [0.1, 0.3, 0.3]  # the dead point trained once more, not twice
     assert [(row["l1"], row["state"]) for row in result.table] == [(0.1, "complete"), (0.3, "complete")]
     retries = [trial for trial in study.get_trials() if "failed_trial" in trial.system_attrs]
@@ -217,22 +238,8 @@ def test_a_worker_waits_for_the_retry_of_a_trial_failed_a_moment_ago(
 
     from lightning_reg.sweeps import study as study_module
 
-    storage, grid = f"sqlite:///{tmp_path / 'grid.db'}", [0.1, 0.3]
-    calls: list[float] = []
-
-    def make_model(**strengths: float) -> ValRegression:
-        calls.append(strengths["l1"])
-        if strengths["l1"] == 0.3 and calls.count(0.3) == 1:
-            raise Killed
-        return ValRegression(**strengths, l1_mode="proximal")
-
-    common: dict[str, Any] = {"l1": grid, "trainer_kwargs": TRAINER, "storage": storage, "study_name": "g"}
-    with pytest.raises(Killed):
-        sweep(make_model, TRAIN, VAL, **common)
-    study = optuna.load_study(study_name="g", storage=storage)
-    (dead,) = [trial for trial in study.trials if trial.state.name == "RUNNING"]
-    study.tell(dead.number, state=optuna.trial.TrialState.FAIL)  # another worker failed it as stale ...
-    dead = study.trials[dead.number]
+    point = DeadPoint(tmp_path)
+    study, dead, calls = point.study, point.dead, point.calls
     slept: list[float] = []
 
     def other_worker_queues_the_retry(seconds: float) -> None:  # ... and queues its retry meanwhile
@@ -241,7 +248,7 @@ def test_a_worker_waits_for_the_retry_of_a_trial_failed_a_moment_ago(
         slept.append(seconds)
 
     monkeypatch.setattr(study_module.time, "sleep", other_worker_queues_the_retry)
-    result = sweep(make_model, TRAIN, VAL, **common)
+    result = point.resume()
 
     assert slept  # the worker did not return before the retry was queued
     assert sorted(calls) == [0.1, 0.3, 0.3]
