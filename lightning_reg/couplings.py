@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from lightning_reg.kernels import sum_in_order
-from lightning_reg.penalties import GROUP_NEWTON_STEPS
+from lightning_reg.penalties import GROUP_NEWTON_STEPS, least_pull
 
 _TINY = 1e-300
 
@@ -194,7 +194,7 @@ def coupled_shrink_scaled_(
     """
     members = coupling.members
     dtype = torch.float32 if members[0].param.device.type == "mps" else torch.float64
-    pulls = [step * strength for step in steps]  # strength * s_i, per entry
+    pulls = [least_pull(step * strength) for step in steps]  # strength * s_i, per entry
     squares = [member.param.square() for member in members]
     norms = coupling.channel_sums(squares, dtype).sqrt()
     scaled = [square / pull.square() for square, pull in zip(squares, pulls, strict=True)]

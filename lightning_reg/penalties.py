@@ -137,7 +137,7 @@ def group_shrink_scaled_(
     """
     piece = local(param)
     dtype = torch.float32 if piece.device.type == "mps" else torch.float64
-    pull = steps * strength  # strength * s_i, per entry
+    pull = least_pull(steps * strength)  # strength * s_i, per entry
     squares = piece.square()
     norms = group_sums(squares, param, group_by, dtype).sqrt()
     zero = group_sums(squares / pull.square(), param, group_by, dtype) <= 1  # ||z / s|| <= strength
@@ -157,6 +157,16 @@ def group_shrink_scaled_(
 
 
 _TINY = 1e-300
+
+
+def least_pull(pull: Tensor) -> Tensor:
+    """``pull`` (``strength`` times each entry's step) raised to ``sqrt(tiny)`` of its dtype where smaller.
+
+    A step of ``0`` (a learning rate of ``0`` at the start of a warm-up schedule, a step a fused optimizer
+    skips) would make ``0 / 0`` of a zero group; a pull that small moves no entry and zeroes no group with
+    a non-zero entry, as a step of ``0`` should, and its square is still a normal number.
+    """
+    return pull.clamp_min(torch.finfo(pull.dtype).tiny ** 0.5)
 
 
 def _entries(per_group: Tensor, like: Tensor, group_by: str, dtype: torch.dtype) -> Tensor:

@@ -210,3 +210,16 @@ def test_with_one_step_for_every_entry_the_metric_prox_is_the_block_soft_thresho
     coupled_shrink_(coupling_of(q), 2.0 * 0.5)
     for name in p:
         torch.testing.assert_close(p[name], q[name], rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_metric_prox_with_zero_steps_moves_nothing(dtype: torch.dtype) -> None:
+    """A step of 0 (lr 0 at the start of a warm-up, a skipped fused step): no NaN, nothing moves."""
+    conv = nn.Parameter(torch.tensor([[3.0, -4.0], [0.0, 0.0]], dtype=dtype))
+    scale = nn.Parameter(torch.tensor([2.0, 0.0], dtype=dtype))
+    both = torch.arange(2)
+    coupling = Coupling("c", 2, (Member("conv", conv, 0, both, both), Member("bn", scale, 0, both, both)))
+    before = [conv.detach().clone(), scale.detach().clone()]
+    coupled_shrink_scaled_(coupling, 10.0, [torch.zeros_like(conv), torch.zeros_like(scale)])
+    assert torch.equal(conv, before[0])
+    assert torch.equal(scale, before[1])

@@ -281,3 +281,16 @@ def test_group_shrink_scaled_converges_in_its_newton_steps_on_hard_groups() -> N
     w = torch.tensor(z)
     group_shrink_scaled_(w, 1.0, torch.tensor(s), "rows")
     np.testing.assert_allclose(w.numpy(), expected, rtol=2e-9, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_group_shrink_scaled_with_zero_steps_moves_nothing(dtype: torch.dtype) -> None:
+    """A step of 0 (lr 0 at the start of a warm-up, a skipped fused step): no NaN, nothing moves."""
+    weights = torch.tensor([[3.0, -4.0], [0.0, 0.0], [1e-3, 0.0]], dtype=dtype)
+    before = weights.clone()
+    steps = torch.zeros_like(weights)
+    steps[2, 1] = 0.5  # a group whose entries took different steps, one of them 0
+    group_shrink_scaled_(weights, 10.0, steps, "rows")
+    assert torch.equal(weights[:2], before[:2])  # a live group and a dead one, both unmoved
+    assert weights[2, 0] == before[2, 0]  # the entry whose step is 0 keeps its value
+    assert not torch.isnan(weights).any()
