@@ -518,3 +518,30 @@ def test_the_sweep_command_prunes_or_warm_starts_validating_every_epoch(
                 count,
             )
             assert count == 3 or state == "pruned"
+
+
+@needs_optuna
+def test_a_surplus_trial_takes_no_slot_of_n_trials(tmp_path: Path) -> None:
+    """Two workers asking at once for the last slot: the later trial is surplus and trains nothing, so
+    it must not count; here the study holds 2 complete trials and a surplus one, and n_trials=3 adds one.
+    """
+    import optuna
+
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    common: dict[str, Any] = {
+        "l1": [0.01, 0.3],
+        "storage": storage,
+        "study_name": "shared",
+        "trainer_kwargs": TRAINER,
+    }
+    sweep(Recorder(), TRAIN, VAL, n_trials=2, **common)
+    study = optuna.load_study(study_name="shared", storage=storage)
+    late = study.ask()  # what the second of two racing workers got, marked as the package marks it
+    late.set_user_attr("surplus", True)
+    study.tell(late, state=optuna.trial.TrialState.PRUNED)
+
+    make_model = Recorder()
+    sweep(make_model, TRAIN, VAL, n_trials=3, **common)
+    assert len(make_model.calls) == 1
+    complete = [trial for trial in study.get_trials() if trial.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 3

@@ -223,9 +223,7 @@ def _is_surplus(study: optuna.Study, trial: optuna.Trial, search: Search) -> boo
     this = next(other for other in trials if other.number == trial.number)
     root, slot = _root(this), _slot(this, search)
     if search.n_trials is not None:
-        earlier = sum(
-            1 for other in trials if "failed_trial" not in other.system_attrs and other.number < root
-        )
+        earlier = sum(1 for other in trials if _counts(other) and other.number < root)
         if earlier >= search.n_trials:
             return True
     for other in trials:
@@ -237,6 +235,15 @@ def _is_surplus(study: optuna.Study, trial: optuna.Trial, search: Search) -> boo
             continue  # a dead attempt of this point: this trial is its retry
         return True
     return False
+
+
+def _counts(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether ``trial`` counts towards ``n_trials``: not a retry of another, nor a surplus trial.
+
+    Two workers that ask at once when one slot is left both get a trial; the later one is surplus and
+    trains nothing, so it takes no slot (a later call with a larger ``n_trials`` adds the difference).
+    """
+    return "failed_trial" not in trial.system_attrs and not trial.user_attrs.get(SURPLUS)
 
 
 def _awaiting_retry(trials: list[optuna.trial.FrozenTrial], seen: dict[int, float]) -> bool:
@@ -263,7 +270,7 @@ def _work_left(trials: list[optuna.trial.FrozenTrial], search: Search) -> bool:
     if any(trial.state.name == "WAITING" for trial in trials):
         return True
     if search.n_trials is not None:
-        return sum(1 for trial in trials if "failed_trial" not in trial.system_attrs) < search.n_trials
+        return sum(1 for trial in trials if _counts(trial)) < search.n_trials
     taken = {trial.system_attrs.get("grid_id") for trial in trials if not trial.user_attrs.get(SURPLUS)}
     return not taken >= set(range(math.prod(len(values) for values in search.values.values())))
 
