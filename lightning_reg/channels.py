@@ -182,7 +182,8 @@ class _Context:
     def __init__(self, model: nn.Module, graph: Any, output_functions: set[Any]) -> None:
         self.graph = graph
         self.output_functions = output_functions
-        self.module_names: dict[Any, str] = {module: name for name, module in model.named_modules()}
+        self.modules = dict(model.named_modules())
+        self.module_names: dict[Any, str] = {module: name for name, module in self.modules.items()}
         self.param_names = {id(param): name for name, param in model.named_parameters()}
         self.owners = {
             id(param): module for module in model.modules() for param in module.parameters(recurse=False)
@@ -297,8 +298,7 @@ class _Context:
         return self.module_names[module].rpartition(".")[0]
 
     def _parent(self, module: nn.Module) -> nn.Module | None:
-        parent = self._parent_name(module)
-        return next((m for m, name in self.module_names.items() if name == parent), None)
+        return self.modules.get(self._parent_name(module))
 
 
 def _normalizes_across_channels(module: nn.Module) -> bool:

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from lightning_reg.kernels import sum_in_order
-from lightning_reg.penalties import GROUP_NEWTON_STEPS, least_pull
+from lightning_reg.penalties import GROUP_NEWTON_STEPS, least_pull, metric_prox_norms
 
 _TINY = 1e-300
 
@@ -195,25 +195,13 @@ def coupled_shrink_scaled_(
     members = coupling.members
     dtype = torch.float32 if members[0].param.device.type == "mps" else torch.float64
     pulls = [least_pull(step * strength) for step in steps]  # strength * s_i, per entry
-    squares = [member.param.square() for member in members]
-    norms = coupling.channel_sums(squares, dtype).sqrt()
-    scaled = [square / pull.square() for square, pull in zip(squares, pulls, strict=True)]
-    zero = coupling.channel_sums(scaled, dtype) <= 1  # ||z / s|| <= strength
-    # Jensen: the root is at least ||z|| - sum_i z_i^2 * strength * s_i / ||z||^2.
-    pulled = [square * pull for square, pull in zip(squares, pulls, strict=True)]
-    mean_pull = coupling.channel_sums(pulled, dtype) / norms.square().clamp_min(_TINY)
-    root = (norms - mean_pull).clamp_min(0)
-    for _ in range(newton_steps):
-        shifted = [
-            (member.spread(root.to(member.param.dtype), 0.0) + pull).clamp_min(_TINY)
-            for member, pull in zip(members, pulls, strict=True)
-        ]
-        terms = [square / shift.square() for square, shift in zip(squares, shifted, strict=True)]
-        total = coupling.channel_sums(terms, dtype)
-        slope = coupling.channel_sums([t / shift for t, shift in zip(terms, shifted, strict=True)], dtype)
-        # nu <- nu - (total^(-1/2) - 1) / (total^(-3/2) * slope)
-        root = root + (total.pow(1.5) - total) / slope.clamp_min(_TINY)
-    kept = torch.where(zero, 0.0, root)
+    kept = metric_prox_norms(
+        [member.param.square() for member in members],
+        pulls,
+        lambda values: coupling.channel_sums(values, dtype),
+        lambda per_channel: [member.spread(per_channel.to(member.param.dtype), 0.0) for member in members],
+        newton_steps,
+    )
     for member, pull in zip(members, pulls, strict=True):
         factor = member.spread(kept.to(member.param.dtype), 0.0)
         ratio = factor / (factor + pull).clamp_min(_TINY)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -138,22 +138,47 @@ def group_shrink_scaled_(
     piece = local(param)
     dtype = torch.float32 if piece.device.type == "mps" else torch.float64
     pull = least_pull(steps * strength)  # strength * s_i, per entry
-    squares = piece.square()
-    norms = group_sums(squares, param, group_by, dtype).sqrt()
-    zero = group_sums(squares / pull.square(), param, group_by, dtype) <= 1  # ||z / s|| <= strength
-    # Jensen: the root is at least ||z|| - sum_i z_i^2 * strength * s_i / ||z||^2.
-    mean_pull = group_sums(squares * pull, param, group_by, dtype) / norms.square().clamp_min(_TINY)
-    root = (norms - mean_pull).clamp_min(0)
-    for _ in range(newton_steps):
-        shifted = (_entries(root, param, group_by, piece.dtype) + pull).clamp_min(_TINY)
-        terms = squares / shifted.square()
-        total = group_sums(terms, param, group_by, dtype)
-        slope = group_sums(terms / shifted, param, group_by, dtype)
-        # nu <- nu - (total^(-1/2) - 1) / (total^(-3/2) * slope)
-        root = root + (total.pow(1.5) - total) / slope.clamp_min(_TINY)
-    kept = torch.where(zero, 0.0, root)
+    kept = metric_prox_norms(
+        [piece.square()],
+        [pull],
+        lambda values: group_sums(values[0], param, group_by, dtype),
+        lambda per_group: [_entries(per_group, param, group_by, piece.dtype)],
+        newton_steps,
+    )
     factor = _entries(kept, param, group_by, piece.dtype)
     piece.mul_(factor / (factor + pull).clamp_min(_TINY))
+
+
+def metric_prox_norms(
+    squares: Sequence[Tensor],
+    pulls: Sequence[Tensor],
+    sums: Callable[[list[Tensor]], Tensor],
+    spread: Callable[[Tensor], list[Tensor]],
+    newton_steps: int = GROUP_NEWTON_STEPS,
+) -> Tensor:
+    """The norm ``nu`` of each group after the proximal step in the metric of per-entry steps.
+
+    The solver that :func:`group_shrink_scaled_` and its coupled form share: ``squares`` and ``pulls``
+    hold ``z_i^2`` and ``strength * s_i`` of each entry, in one or more tensors; ``sums`` adds values of
+    those tensors' shapes up per group, and ``spread`` puts one value per group back on their entries.
+    ``nu`` is ``0`` when ``||z / s|| <= strength``, else the root of ``sum_i (z_i / (nu + strength *
+    s_i))^2 = 1`` by ``newton_steps`` Newton steps on ``1 / sqrt(that sum)``, from the lower bound
+    Jensen's inequality gives: the iteration rises to the root without overshooting.
+    """
+    pairs = list(zip(squares, pulls, strict=True))
+    norms = sums(list(squares)).sqrt()
+    zero = sums([square / pull.square() for square, pull in pairs]) <= 1  # ||z / s|| <= strength
+    # Jensen: the root is at least ||z|| - sum_i z_i^2 * strength * s_i / ||z||^2.
+    mean_pull = sums([square * pull for square, pull in pairs]) / norms.square().clamp_min(_TINY)
+    root = (norms - mean_pull).clamp_min(0)
+    for _ in range(newton_steps):
+        shifted = [(entry + pull).clamp_min(_TINY) for entry, pull in zip(spread(root), pulls, strict=True)]
+        terms = [square / shift.square() for square, shift in zip(squares, shifted, strict=True)]
+        total = sums(terms)
+        slope = sums([term / shift for term, shift in zip(terms, shifted, strict=True)])
+        # nu <- nu - (total^(-1/2) - 1) / (total^(-3/2) * slope)
+        root = root + (total.pow(1.5) - total) / slope.clamp_min(_TINY)
+    return torch.where(zero, 0.0, root)
 
 
 _TINY = 1e-300
