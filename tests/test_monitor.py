@@ -362,7 +362,7 @@ from pathlib import Path
 sys.path.insert(0, sys.argv[2])
 import lightning.pytorch as L
 import torch
-from distributed_run import WORLD_SIZE, Sharded, full_weights
+from distributed_run import WORLD_SIZE, Sharded, full_weights, leave_process_group
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import ModelParallelStrategy
 
@@ -388,6 +388,7 @@ assert type(model.net[0].weight).__name__ == "DTensor"
 weights = full_weights(model)
 if trainer.is_global_zero:
     torch.save(weights, out / "weights.pt")
+leave_process_group()
 """
 
 
