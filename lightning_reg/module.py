@@ -184,7 +184,8 @@ class RegularizedModule(_Base):
 
     Args:
         @options@
-        *args, **kwargs: passed on to the next class's ``__init__``.
+        *args: passed on to the next class's ``__init__``.
+        **kwargs: passed on to the next class's ``__init__``.
 
     Raises:
         ValueError: at construction, for a negative, NaN, infinite or non-numeric strength, a bad
