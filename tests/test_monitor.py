@@ -106,6 +106,41 @@ def test_tensorboard_receives_the_same_values(tmp_path: Path) -> None:
             assert scalar.value == pytest.approx(want, rel=1e-6)  # TensorBoard stores float32
 
 
+# mlflow's SQL store asks SQLAlchemy for a loader strategy SQLAlchemy 2 deprecates (mlflow's to mend).
+@pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated:DeprecationWarning")
+def test_mlflow_on_a_sqlite_store_receives_the_same_values(tmp_path: Path) -> None:
+    from lightning.pytorch.loggers import MLFlowLogger
+    from mlflow.tracking import MlflowClient
+
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    logger = MLFlowLogger(
+        experiment_name="monitor", tracking_uri=tracking_uri, artifact_location=str(tmp_path / "artifacts")
+    )
+    snapshots = Snapshots()
+    fit_logged(
+        RegRegression(l1=L1, l2=L2),
+        [RegularizationMonitor(log_every_n_steps=4, per_layer=True), snapshots],
+        logger,
+    )
+    want: dict[str, list[tuple[int, float]]] = {}
+    for step in (3, 7, 11):  # 12 optimizer steps, every 4th
+        weights = snapshots.weights[step + 1]
+        values = expected_metrics(weights)
+        for name, w in zip(W_NAMES, weights, strict=True):
+            values[f"reg/l1_norm/{name}"] = np.abs(w).sum()
+            values[f"reg/sparsity/{name}"] = (w == 0).mean()
+        for key, value in values.items():
+            want.setdefault(key, []).append((step, value))
+    client = MlflowClient(tracking_uri)  # a client of its own, reading the store the run wrote
+    for key, points in want.items():
+        logged = sorted(
+            (metric.step, metric.value) for metric in client.get_metric_history(logger.run_id, key)
+        )
+        assert [step for step, _ in logged] == [step for step, _ in points], key
+        for (_, value), (_, wanted) in zip(logged, points, strict=True):
+            assert value == pytest.approx(wanted, rel=1e-9), key  # MLflow stores float64
+
+
 HISTOGRAM_TAGS = [f"reg/weights/{name}" for name in W_NAMES]
 
 
