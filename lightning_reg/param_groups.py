@@ -29,6 +29,23 @@ PER_GROUP_SCHEDULER_ATTRIBUTES = (
 )
 
 
+def unwrapped(optimizer: Any) -> Any:
+    """The optimizer that ``optimizer`` wraps, if it is a wrapper (Fabric's, Lightning's); else itself.
+
+    The wrappers subclass the wrapped optimizer's class but share its attributes only for reading: groups
+    assigned to a wrapper, or a step rule looked up by its class, would miss the optimizer that steps.
+
+    >>> import torch
+    >>> sgd = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    >>> unwrapped(sgd) is sgd
+    True
+    """
+    inner = getattr(optimizer, "optimizer", None)
+    while isinstance(inner, Optimizer) and inner is not optimizer:
+        optimizer, inner = inner, getattr(inner, "optimizer", None)
+    return optimizer
+
+
 def decay_groups(
     regularized: Sequence[Tensor],
     others: Sequence[Tensor],
@@ -206,7 +223,7 @@ def _expand_scheduler(scheduler: Any, optimizer: Optimizer, origin: list[int], o
     """Repeat each per-group entry of ``scheduler`` for the groups its group was split into."""
     for child in getattr(scheduler, "_schedulers", ()):  # SequentialLR, ChainedScheduler
         _expand_scheduler(child, optimizer, origin, old_count)
-    if getattr(scheduler, "optimizer", None) is not optimizer:
+    if unwrapped(getattr(scheduler, "optimizer", None)) is not optimizer:
         return
     for attribute in PER_GROUP_SCHEDULER_ATTRIBUTES:
         values = getattr(scheduler, attribute, None)

@@ -24,7 +24,7 @@ from lightning_reg.options import (
     RegularizationOptions,
     document_options,
 )
-from lightning_reg.param_groups import check_no_own_decay, decay_groups, split_optimizer
+from lightning_reg.param_groups import check_no_own_decay, decay_groups, split_optimizer, unwrapped
 from lightning_reg.penalties import group_l1_norm, l1_norm, squared_norm
 from lightning_reg.selection import Selection, Strengths, couple, select_parameters, warn_unmatched
 from lightning_reg.sharding import add_, is_sharded
@@ -292,6 +292,9 @@ class Regularizer:
     ) -> None:
         """Make an existing optimizer carry this regularization's optimizer-side terms.
 
+        ``optimizer`` may be Fabric's or Lightning's wrapper of one: the regularization acts on the
+        optimizer inside, which the wrapper's steps run.
+
         - ``l2_mode="weight_decay"``, ``l2 > 0``: split its groups so that only ``W`` decays, with
           ``weight_decay=l2`` (:func:`~lightning_reg.param_groups.split_optimizer`; ``schedulers`` bound
           to it are expanded to match). With ``l2 == 0`` the groups are left as built.
@@ -314,6 +317,7 @@ class Regularizer:
                 for an optimizer another regularizer is attached to, when the two regularize a parameter
                 in common or this one would split the groups for weight decay.
         """
+        optimizer = unwrapped(optimizer)
         options = self.options
         l2 = options.l2 > 0 or self._has_l2
         splits = options.l2_mode == "weight_decay" and l2
