@@ -141,9 +141,6 @@ def report(cli: LightningCLI) -> None:
 
 
 def main() -> None:
-    # The mixin's pass-through configure_optimizers makes LightningCLI warn that the optimizer from the config
-    # overrides it: it does, and the mixin then splits that optimizer.
-    warnings.filterwarnings("ignore", ".*will be overridden by.*")
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     cli = CLI(RegularizedClassifier, SyntheticData)
     if cli.subcommand == "fit":

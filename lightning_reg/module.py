@@ -36,6 +36,8 @@ else:
 
 _LIGHTNING_PACKAGES = ("lightning", "pytorch_lightning")
 _MARK = "_lightning_reg_hook"
+#: Marks the mixin's own hooks, which only pass the call on to the next class (see :func:`_passing_on`).
+_PASSES_ON = "_lightning_reg_passes_on"
 
 
 class _Hook(NamedTuple):
@@ -111,7 +113,7 @@ def _walk(output: Any) -> Iterator[Any]:
         yield output
 
 
-def _outermost(name: str, hook: Callable[..., Any]) -> Callable[..., Any]:
+def _outermost(name: str, hook: Callable[..., Any], passes_on: bool = False) -> Callable[..., Any]:
     """Wrap ``hook`` so that :data:`_HOOKS` ``[name]`` acts once, around the outermost of nested calls."""
     around = _HOOKS[name]
 
@@ -129,6 +131,20 @@ def _outermost(name: str, hook: Callable[..., Any]) -> Callable[..., Any]:
         return around.finish(self, output)
 
     setattr(wrapper, _MARK, True)
+    setattr(wrapper, _PASSES_ON, passes_on)
+    return wrapper
+
+
+def _passing_on(name: str, cls: type) -> Callable[..., Any]:
+    """The mixin's hook ``name`` for ``cls``, naming as ``__wrapped__`` the next class's one it calls.
+
+    Lightning's ``is_overridden`` reads ``__wrapped__``, so it sees whether the user's classes define the
+    hook, not the mixin's pass-through: the Trainer still refuses a module without ``training_step``, and
+    LightningCLI warns before replacing ``configure_optimizers`` only when the user wrote one.
+    """
+    passing = getattr(RegularizedModule, name)
+    wrapper = _outermost(name, passing.__wrapped__, passes_on=True)  # calls the next class at run time
+    wrapper.__wrapped__ = getattr(super(RegularizedModule, cls), name)  # type: ignore[attr-defined]
     return wrapper
 
 
@@ -246,6 +262,8 @@ class RegularizedModule(_Base):
             defined = cls.__dict__.get(name)
             if callable(defined) and not getattr(defined, _MARK, False):
                 setattr(cls, name, _outermost(name, defined))
+            elif defined is None and getattr(getattr(cls, name, None), _PASSES_ON, False):
+                setattr(cls, name, _passing_on(name, cls))
 
     def __setattr__(self, name: str, value: Any) -> None:
         # LightningCLI's --optimizer installs configure_optimizers on the instance: intercept it too.
@@ -284,8 +302,8 @@ class RegularizedModule(_Base):
     def configure_optimizers(self) -> Any:
         return super().configure_optimizers()
 
-    training_step = _outermost("training_step", training_step)
-    configure_optimizers = _outermost("configure_optimizers", configure_optimizers)
+    training_step = _outermost("training_step", training_step, passes_on=True)
+    configure_optimizers = _outermost("configure_optimizers", configure_optimizers, passes_on=True)
 
     def save_hyperparameters(
         self,

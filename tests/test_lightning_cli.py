@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
+import lightning.pytorch as L
 import pytest
 import torch
-from helpers import RegRegression, loader, regression_data
+from helpers import Batch, RegRegression, loader, make_net, regression_data
 from lightning.pytorch.cli import LightningCLI
+from torch import Tensor, nn
+
+from lightning_reg import RegularizedModule
 
 pytest.importorskip("jsonargparse")
 # jsonargparse deprecations raised inside lightning.pytorch.cli, and the CLI's own notice that it overrides
@@ -15,11 +20,27 @@ pytest.importorskip("jsonargparse")
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore:.*will be overridden by.*")
 
 
-def cli(*args: str, **kwargs: Any) -> LightningCLI:
+def cli(*args: str, model: type[L.LightningModule] = RegRegression, **kwargs: Any) -> LightningCLI:
     trainer = ["--trainer.max_epochs=1", "--trainer.logger=false", "--trainer.enable_checkpointing=false"]
     return LightningCLI(
-        RegRegression, run=False, args=[*trainer, *args], save_config_kwargs={"overwrite": True}, **kwargs
+        model, run=False, args=[*trainer, *args], save_config_kwargs={"overwrite": True}, **kwargs
     )
+
+
+class LeavesTheOptimizerToTheCLI(L.LightningModule):
+    """A user's module with no ``configure_optimizers``: ``--optimizer`` gives it one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = make_net()
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        x, y = batch
+        return nn.functional.mse_loss(self.net(x), y)
+
+
+class RegLeavesTheOptimizerToTheCLI(RegularizedModule, LeavesTheOptimizerToTheCLI):
+    pass
 
 
 def test_the_options_are_command_line_arguments(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -67,3 +88,18 @@ def test_an_optimizer_injected_with_dash_dash_optimizer_is_split(
         ("no_decay", 0.0),
     ]
     assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.01 * 0.1] * 2)
+
+
+@pytest.mark.parametrize(
+    ("model", "warned"), [(RegLeavesTheOptimizerToTheCLI, False), (RegRegression, True)], ids=["none", "own"]
+)
+def test_the_cli_warns_of_replacing_configure_optimizers_only_where_the_user_wrote_one(
+    model: type[L.LightningModule], warned: bool, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The mixin's own pass-through hook is not the user's: LightningCLI's warning follows the user's code."""
+    monkeypatch.chdir(tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cli("--model.l2=0.02", "--optimizer=SGD", "--optimizer.lr=0.01", model=model)
+    replaced = [w for w in caught if "will be overridden by" in str(w.message)]
+    assert bool(replaced) == warned, [str(w.message) for w in replaced]

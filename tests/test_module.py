@@ -20,6 +20,7 @@ from helpers import (
     fit,
     loader,
     make_net,
+    quiet_trainer,
     regression_data,
     seed_l1_penalty,
     seed_param_groups,
@@ -490,3 +491,22 @@ def test_the_mixin_also_serves_the_pytorch_lightning_package() -> None:
     )
     trainer.fit(model, loader(regression_data()))
     assert_same_weights(model.net, reference())
+
+
+def test_lightning_still_refuses_a_module_without_training_step() -> None:
+    """The mixin's pass-through ``training_step`` does not count as the user's: Lightning's check holds."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    class NoStep(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = nn.Linear(5, 1)
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    class RegNoStep(RegularizedModule, NoStep):
+        pass
+
+    with pytest.raises(MisconfigurationException, match=r"No `training_step\(\)` method defined"):
+        quiet_trainer(max_epochs=1).fit(RegNoStep(l1=1e-3), loader(regression_data()))
