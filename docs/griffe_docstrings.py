@@ -18,7 +18,7 @@ from lightning_reg.options import OPTIONS_PLACEHOLDER, options_section
 #: ``:class:`~a.b.C``` and friends; the ``~`` form shows the last name only, as Sphinx does.
 ROLE = re.compile(r":(?:class|func|meth|attr|mod|data|exc|obj):`(~?)([^`]+)`")
 #: A line that reST ends with ``::`` before a literal block; ``Example::`` opens an examples section.
-LITERAL_INTRO = re.compile(r"^(\s*)(.*?):(:)\s*$")
+LITERAL_INTRO = re.compile(r"^(\s*)(.*[^:])::\s*$")
 EXAMPLES_TITLE = {"Example", "Examples"}
 
 
@@ -65,8 +65,8 @@ def readable(text: str) -> str:
     lines = []
     for line in ROLE.sub(role_as_code, expanded).splitlines():
         intro = LITERAL_INTRO.match(line)
-        if intro is not None and not line.rstrip().endswith(":::"):
-            indent, words, _ = intro.groups()
+        if intro is not None:
+            indent, words = intro.groups()
             line = f"{indent}Examples:" if words.strip() in EXAMPLES_TITLE else f"{indent}{words}:"
         lines.append(line)
     return "\n".join(fence_examples(lines))
