@@ -179,6 +179,32 @@ def _multi_tensor_soft_threshold_(params: Sequence[Tensor], threshold: float) ->
         torch._foreach_sub_(bucket, clamped)
 
 
+def soft_threshold_each_(
+    params: Sequence[Tensor], thresholds: Sequence[Tensor], multi_tensor: bool | None = None
+) -> None:
+    """In place, ``w <- w - clamp(w, -t, t)`` with a threshold ``t`` per entry (``thresholds[i]`` shaped
+    like ``params[i]``, non-negative): ``sign(w) * max(|w| - t, 0)``, exactly ``0`` where ``|w| <= t``.
+
+    The thresholds are overwritten. The multi-tensor form is four operations for all the tensors.
+
+    >>> w = torch.tensor([-1.5, -0.2, 0.3, 2.0])
+    >>> soft_threshold_each_([w], [torch.tensor([1.0, 1.0, 0.5, 0.25])])
+    >>> w
+    tensor([-0.5000,  0.0000,  0.0000,  1.7500])
+    """
+    if not params:
+        return
+    with torch.no_grad():
+        if _multi(params, multi_tensor):
+            clamped = torch._foreach_minimum(list(params), list(thresholds))
+            torch._foreach_neg_(list(thresholds))
+            torch._foreach_maximum_(clamped, list(thresholds))
+            torch._foreach_sub_(list(params), clamped)
+        else:
+            for param, threshold in zip(params, thresholds, strict=True):
+                param.sub_(torch.clamp(param, min=threshold.neg(), max=threshold))
+
+
 @torch.no_grad()
 def soft_threshold_scaled_(param: Tensor, scale: float | Tensor, denominator: Tensor) -> None:
     """In place, ``w <- sign(w) * max(|w| - t, 0)`` with the per-entry threshold ``t = scale / denominator``.

@@ -15,6 +15,7 @@ from lightning_reg import channels, kernels, step_hooks, step_sizes, step_update
 from lightning_reg.activity import ActivityPenalty
 from lightning_reg.couplings import coupled_l1_norm
 from lightning_reg.deferred import PreparedSum, l1_term
+from lightning_reg.group_prox import GroupProx
 from lightning_reg.kernels import sum_in_order
 from lightning_reg.options import (
     GroupBy,
@@ -26,7 +27,14 @@ from lightning_reg.options import (
 )
 from lightning_reg.param_groups import check_no_own_decay, decay_groups, split_optimizer, unwrapped
 from lightning_reg.penalties import group_l1_norm, l1_norm, squared_norm
-from lightning_reg.selection import Selection, Strengths, couple, select_parameters, warn_unmatched
+from lightning_reg.selection import (
+    Selection,
+    Strengths,
+    couple,
+    select_parameters,
+    units_of,
+    warn_unmatched,
+)
 from lightning_reg.sharding import add_, is_sharded
 from lightning_reg.statistics import NEAR_ZERO_TOL, WeightStatistics, statistics_of
 
@@ -136,6 +144,11 @@ class Regularizer:
         self._sharded = [param for _, param in self.selection.regularized if is_sharded(param)]
         self._plain_l1 = self.selection.by_strength(self._plain, "l1")
         self._prepared: dict[float, PreparedSum] = {}  # per L1 strength, see prepare_penalty
+        self._units = units_of(selection, options.group_by)
+        # the proximal step's buffers, per optimizer and set of units taking part
+        self._engines: weakref.WeakKeyDictionary[Optimizer, dict[tuple[int, ...], GroupProx]] = (
+            weakref.WeakKeyDictionary()
+        )
         self._optimizers: weakref.WeakSet[Optimizer] = weakref.WeakSet()  # those attach() was given
         self.step = 0
         self.activity = ActivityPenalty(model, options.activity_l1 or {})
@@ -338,6 +351,8 @@ class Regularizer:
             step_sizes.check_supported(optimizer)
         if proximal:
             step_updates.check_couplings_held(self.selection, optimizer)
+            engines = self._engines.setdefault(optimizer, {})
+            step_updates.prepare_engine(self.selection, optimizer, self._units, engines)
         step_hooks.attach(optimizer, self, before=before, after=[self.proximal_step] if proximal else [])
         self._optimizers.add(optimizer)
 
@@ -433,8 +448,9 @@ class Regularizer:
             self.selection,
             optimizer,
             ramp=options.l1_ramp(self.step),
-            group_by=options.group_by,
+            units=self._units,
             threshold=options.proximal_threshold,
+            engines=self._engines.setdefault(optimizer, {}),
         )
 
     def statistics(self, near_zero_tol: float = NEAR_ZERO_TOL) -> WeightStatistics:

@@ -273,3 +273,22 @@ def _no_weight_decay_names(model: nn.Module) -> frozenset[str]:
     if not callable(declared):
         return frozenset()
     return frozenset(str(name) for name in declared())
+
+
+def units_of(selection: Selection, group_by: str) -> list[tuple[Coupling, float]]:
+    """The units of the group term with their ``group_l1``: the coupled channels (``"channels"``), else
+    each regularized weight's rows or columns (:meth:`~lightning_reg.couplings.Coupling.along`).
+
+    >>> model = nn.Sequential(nn.Linear(4, 3))
+    >>> [(unit.name, unit.count, strength) for unit, strength in units_of(
+    ...     select_parameters(model, defaults=Strengths(group_l1=0.5)), "columns")]
+    [('0.weight', 4, 0.5)]
+    """
+    if group_by == "channels":
+        return list(zip(selection.couplings, selection.coupling_strengths, strict=True))
+    axis = 0 if group_by == "rows" else 1
+    return [
+        (Coupling.along(name, param, axis), strength.group_l1)
+        for (name, param), strength in zip(selection.regularized, selection.strengths, strict=True)
+        if strength.group_l1 > 0
+    ]

@@ -11,19 +11,20 @@ installs them (:mod:`~lightning_reg.step_hooks`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from lightning_reg import kernels, step_hooks, step_sizes
-from lightning_reg.couplings import coupled_shrink_, coupled_shrink_scaled_
-from lightning_reg.options import GroupBy, ProximalThreshold
+from lightning_reg import group_layout, kernels, step_hooks, step_sizes
+from lightning_reg.couplings import Coupling
+from lightning_reg.group_prox import GroupProx
+from lightning_reg.options import ProximalThreshold
 from lightning_reg.penalties import group_shrink_, group_shrink_scaled_
 from lightning_reg.selection import Selection
-from lightning_reg.sharding import local
+from lightning_reg.sharding import is_sharded, local
 
 
 def in_optimizer(
@@ -56,38 +57,129 @@ def proximal_step(
     optimizer: Optimizer,
     *,
     ramp: float,
-    group_by: GroupBy,
+    units: Sequence[tuple[Coupling, float]],
     threshold: ProximalThreshold,
+    engines: dict[tuple[int, ...], GroupProx],
 ) -> None:
-    """Soft-threshold each weight by ``s * l1 * ramp``, then block-shrink its groups by ``group_l1``.
+    """Soft-threshold each weight by ``s * l1 * ramp`` and block-shrink its units by ``group_l1``.
 
     ``s`` is the step the update applied to each entry: read from the optimizer's state
-    (:func:`~lightning_reg.step_sizes.step_size`) with ``threshold="optimizer"``, the group's learning
-    rate with ``"lr"``. Together the two are the exact proximal operator of ``l1 * |w| + group_l1 *
-    ||w_g||`` (sparse group lasso) in the metric of ``s``.
+    (:func:`~lightning_reg.step_sizes.steps_of`) with ``threshold="optimizer"``, the group's learning
+    rate with ``"lr"``. ``units`` are the group terms' units with their strengths (a parameter's rows or
+    columns, or coupled channels); those whose parameters all took this step are shrunk by
+    :class:`~lightning_reg.group_prox.GroupProx` (cached in ``engines`` by which units take part), which
+    is the exact proximal operator of ``l1 * |w| + group_l1 * ||w_u||`` (sparse group lasso) in the
+    metric of ``s``, and exact at the fixed point where units cross. The weights in no unit are
+    soft-thresholded alone.
     """
-    coupled = group_by == "channels"  # the group terms act on the couplings, after every L1 step
-    for group, taken, params in in_optimizer(selection, optimizer):
-        uniform: dict[Any, tuple[float | Tensor, list[Tensor]]] = {}  # params that took one step
-        for param in params:
-            strengths = selection.strength_of(param)
-            if strengths.l1 == 0 and (coupled or strengths.group_l1 == 0):  # nothing to do: no pass
-                continue
-            size = (
-                step_sizes.step_size(optimizer, group, param)
-                if threshold == "optimizer"
-                else step_sizes.StepSize(group["lr"], None)
-            )
-            if size.denominator is not None:  # at once: one denominator alive at a time, in cache
-                _shrink_per_entry(selection, param, size, taken, ramp, group_by)
-            else:
-                key = size.scale if isinstance(size.scale, float) else id(size.scale)
-                uniform.setdefault(key, (size.scale, []))[1].append(param)
-        for scale, same in uniform.values():  # one list each: the multi-tensor kernels
-            step = scale if isinstance(taken, float) else scale * taken
-            _shrink_uniformly(selection, same, step, ramp, group_by)
-    if coupled:
-        _shrink_couplings(selection, optimizer, threshold)
+    taken = step_hooks.step_taken(optimizer)
+    holder = {id(param): group for group in optimizer.param_groups for param in group["params"]}
+    active = [
+        index
+        for index, (unit, strength) in enumerate(units)
+        if strength > 0 and all(id(p) in holder and p.grad is not None for p in unit.parameters)
+    ]
+    sharded = [index for index in active if any(is_sharded(p) for p in units[index][0].parameters)]
+    active = [index for index in active if index not in sharded]
+    members = {id(p): p for index in active + sharded for p in units[index][0].parameters}
+    alone = [
+        param
+        for group, _, params in in_optimizer(selection, optimizer)
+        for param in params
+        if id(param) not in members and selection.strength_of(param).l1 > 0
+    ]
+    stepped = list(members.values()) + alone
+    # a sharded unit's L1 goes first, as its own term (its rows or columns then hold whole entries)
+    alone += [
+        param
+        for index in sharded
+        for param in units[index][0].parameters
+        if selection.strength_of(param).l1 > 0
+    ]
+    if not stepped:
+        return
+    groups = [holder[id(param)] for param in stepped]
+    if threshold == "optimizer":
+        steps = step_sizes.steps_of(optimizer, groups, stepped)
+    else:
+        steps = [float(group["lr"]) for group in groups]
+    by_param = dict(zip((id(param) for param in stepped), steps, strict=True))
+    _soft_threshold_alone(selection, alone, by_param, ramp, taken)
+    for index in sharded:  # a sharded weight's rows or columns: its pieces, sums over the mesh
+        unit, strength = units[index]
+        param, axis = unit.members[0].param, unit.members[0].axis
+        step = by_param[id(param)]
+        step = step if isinstance(taken, float) else step * taken
+        if isinstance(step, Tensor):
+            group_shrink_scaled_(param, strength, local(step), "rows" if axis == 0 else "columns")
+        else:
+            group_shrink_(param, step * strength, "rows" if axis == 0 else "columns")
+    if active:
+        engine_of(selection, units, active, engines).step(optimizer, by_param, ramp, taken)
+
+
+def engine_of(
+    selection: Selection,
+    units: Sequence[tuple[Coupling, float]],
+    active: Sequence[int],
+    engines: dict[tuple[int, ...], GroupProx],
+) -> GroupProx:
+    """The :class:`GroupProx` of the ``active`` indices of ``units``, made once and kept in ``engines``."""
+    key = tuple(active)
+    engine = engines.get(key)
+    if engine is None:
+        params = {id(p): p for index in active for p in units[index][0].parameters}
+        l1 = {key: selection.strength_of(p).l1 for key, p in params.items() if selection.is_regularized(p)}
+        chosen = [units[index] for index in active]
+        layout = group_layout.build([unit for unit, _ in chosen], [strength for _, strength in chosen], l1)
+        engine = engines[key] = GroupProx(layout)
+    return engine
+
+
+def prepare_engine(
+    selection: Selection,
+    optimizer: Optimizer,
+    units: Sequence[tuple[Coupling, float]],
+    engines: dict[tuple[int, ...], GroupProx],
+) -> None:
+    """Lay out, before training, the units ``optimizer`` holds whole: the steps then only run the math."""
+    held = {id(param) for group in optimizer.param_groups for param in group["params"]}
+    active = [
+        index
+        for index, (unit, strength) in enumerate(units)
+        if strength > 0
+        and all(id(p) in held for p in unit.parameters)
+        and not any(is_sharded(p) for p in unit.parameters)
+    ]
+    if active:
+        engine_of(selection, units, active, engines)
+
+
+def _soft_threshold_alone(
+    selection: Selection,
+    params: Sequence[Tensor],
+    steps: dict[int, float | Tensor],
+    ramp: float,
+    taken: float | Tensor,
+) -> None:
+    """``w <- sign(w) * max(|w| - l1 * ramp * s, 0)`` for weights in no unit, those sharing a step at once."""
+    uniform: dict[float, list[Tensor]] = {}
+    per_entry: list[Tensor] = []
+    for param in params:
+        step = steps[id(param)]
+        if isinstance(step, float):
+            uniform.setdefault(step, []).append(param)
+        else:
+            per_entry.append(param)
+    for step, same in uniform.items():
+        scale = step if isinstance(taken, float) else step * taken
+        for strength, alike in selection.by_strength(same, "l1"):
+            kernels.soft_threshold_(alike, scale * (strength * ramp))
+    for strength, alike in selection.by_strength(per_entry, "l1"):
+        factor = strength * ramp if isinstance(taken, float) else taken * (strength * ramp)
+        per_entry_steps = [step for param in alike if isinstance(step := steps[id(param)], Tensor)]
+        thresholds = torch._foreach_mul(per_entry_steps, factor)
+        kernels.soft_threshold_each_(alike, thresholds)
 
 
 def coupled_members(selection: Selection, optimizer: Optimizer, params: Iterable[Tensor]) -> list[Tensor]:
@@ -130,69 +222,3 @@ def check_couplings_held(selection: Selection, optimizer: Optimizer) -> None:
                 f"{missing[0]!r}; l1_mode='proximal' shrinks a unit as one block after the optimizer that "
                 "updates all of it. Give all of the unit's parameters to one optimizer."
             )
-
-
-def _shrink_couplings(selection: Selection, optimizer: Optimizer, threshold: ProximalThreshold) -> None:
-    """Block-shrink each coupled unit whose members all took this step, in the metric of their steps.
-
-    A unit whose members do not all have a gradient at this step (or that another optimizer holds) is
-    left for a step where they do: its channels are one block, shrunk as one.
-    """
-    taken = step_hooks.step_taken(optimizer)
-    holder = {id(param): group for group in optimizer.param_groups for param in group["params"]}
-    for coupling, strength in zip(selection.couplings, selection.coupling_strengths, strict=True):
-        params = coupling.parameters
-        if strength == 0 or any(id(p) not in holder or p.grad is None for p in params):
-            continue
-        sizes = [
-            step_sizes.step_size(optimizer, holder[id(member.param)], member.param)
-            if threshold == "optimizer"
-            else step_sizes.StepSize(holder[id(member.param)]["lr"], None)
-            for member in coupling.members
-        ]
-        scales = {size.scale for size in sizes if isinstance(size.scale, float)}
-        if len(scales) == 1 and all(
-            size.denominator is None and isinstance(size.scale, float) for size in sizes
-        ):
-            step = scales.pop() if isinstance(taken, float) else scales.pop() * taken
-            coupled_shrink_(coupling, step * strength)
-            continue
-        steps = []
-        for member, size in zip(coupling.members, sizes, strict=True):
-            per_entry = torch.as_tensor(
-                size.per_entry(), dtype=member.param.dtype, device=member.param.device
-            )
-            steps.append(per_entry if isinstance(taken, float) else per_entry * taken)
-        coupled_shrink_scaled_(coupling, strength, steps)
-
-
-def _shrink_uniformly(
-    selection: Selection, params: list[Tensor], scale: float | Tensor, ramp: float, group_by: GroupBy
-) -> None:
-    """The proximal step of ``params``, which all took the step ``scale``."""
-    for strength, same in selection.by_strength(params, "l1"):
-        kernels.soft_threshold_(same, scale * (strength * ramp))
-    if group_by == "channels":
-        return
-    for strength, same in selection.by_strength(params, "group_l1"):
-        for param in same:
-            group_shrink_(param, scale * strength, group_by)
-
-
-def _shrink_per_entry(
-    selection: Selection,
-    param: Tensor,
-    size: step_sizes.StepSize,
-    taken: float | Tensor,
-    ramp: float,
-    group_by: GroupBy,
-) -> None:
-    """The proximal step of one parameter whose entries took the steps ``size``."""
-    assert size.denominator is not None
-    strengths = selection.strength_of(param)
-    scale = size.scale if isinstance(taken, float) else size.scale * taken
-    denominator = local(size.denominator)
-    if strengths.l1 > 0:
-        kernels.soft_threshold_scaled_(local(param), scale * (strengths.l1 * ramp), denominator)
-    if strengths.group_l1 > 0 and group_by != "channels":
-        group_shrink_scaled_(param, strengths.group_l1, scale / denominator, group_by)

@@ -132,6 +132,10 @@ class Unit:
         """Every slice of ``channel``: views into the parameters (writable under ``no_grad``)."""
         return [params[name].narrow(axis, channel * self.width, self.width) for name, axis in self.slices]
 
+    def names(self) -> set[str]:
+        """The parameters it has slices of."""
+        return {name for name, _ in self.slices}
+
     def size(self, params: dict[str, Tensor]) -> int:
         """Entries per channel, over all slices."""
         return sum(
@@ -404,3 +408,71 @@ def bn_mlp(seed: int = 0) -> nn.Sequential:
 
 
 BN_MLP_UNIT = Unit("0", 16, (("0.weight", 0), ("0.bias", 0), ("1.weight", 0), ("1.bias", 0), ("3.weight", 1)))
+
+
+# -- the group step over units that cross, by hand -----------------------------------------------------------
+
+
+def colour_order(units: Sequence[Unit]) -> list[Unit]:
+    """``units`` in the order the group step runs them: each takes the least colour that no earlier unit
+    sharing a parameter with it has, and the colours run one after the other."""
+    colours: dict[str, int] = {}
+    for unit in units:
+        taken = {colours[other.name] for other in units[: units.index(unit)] if unit.names() & other.names()}
+        colours[unit.name] = next(value for value in range(len(units) + 1) if value not in taken)
+    return sorted(units, key=lambda unit: colours[unit.name])
+
+
+class CrossingSweep:
+    """Dykstra's sweep over units that cross, one per optimizer step, written from its definition.
+
+    The units run in :func:`colour_order`, each channel's exact proximal operator (:func:`metric_prox`)
+    in turn. Where two units share a parameter (a residual block's ``conv2``: its rows in one unit, its
+    input slices in another), the dual variable of the later one is kept from step to step: the earlier
+    unit sees ``x - s * y``, the later one ``x + s * y`` where the earlier one left the entry non-zero,
+    and keeps ``y = (x' - prox(x')) / s``.
+    """
+
+    def __init__(self, units: Sequence[Unit], strengths: dict[str, float]) -> None:
+        self.units = colour_order(units)
+        self.strengths = strengths
+        holders: dict[str, list[str]] = {}
+        for unit in self.units:
+            for name, _ in unit.slices:
+                holders.setdefault(name, []).append(unit.name)
+        self.first = {name: held[0] for name, held in holders.items() if len(held) == 2}
+        self.duals: dict[str, Tensor] = {}
+
+    @torch.no_grad()
+    def __call__(self, params: dict[str, Tensor], steps: dict[str, Tensor] | float) -> None:
+        for unit in self.units:
+            for c in range(unit.count):
+                inputs, step_pieces = [], []
+                for name, axis in unit.slices:
+                    piece = params[name].narrow(axis, c * unit.width, unit.width)
+                    step = (
+                        torch.full_like(piece, steps)
+                        if isinstance(steps, float)
+                        else steps[name].narrow(axis, c * unit.width, unit.width)
+                    )
+                    x = piece.clone()
+                    if name in self.first:
+                        dual = self.duals.setdefault(name, torch.zeros_like(params[name]))
+                        dual_piece = dual.narrow(axis, c * unit.width, unit.width)
+                        if self.first[name] == unit.name:
+                            x -= step * dual_piece
+                        else:
+                            x += step * dual_piece * (x != 0)
+                    inputs.append(x)
+                    step_pieces.append(step)
+                z = np.concatenate([x.numpy().ravel() for x in inputs])
+                s = np.concatenate([step.numpy().ravel() for step in step_pieces])
+                out = metric_prox(z, s, self.strengths[unit.name])
+                start = 0
+                for (name, axis), x, step in zip(unit.slices, inputs, step_pieces, strict=True):
+                    piece = params[name].narrow(axis, c * unit.width, unit.width)
+                    result = torch.from_numpy(out[start : start + x.numel()].reshape(x.shape))
+                    start += x.numel()
+                    if name in self.first and self.first[name] != unit.name:
+                        self.duals[name].narrow(axis, c * unit.width, unit.width).copy_((x - result) / step)
+                    piece.copy_(result)

@@ -20,7 +20,7 @@ from helpers import (
 )
 from torch import nn
 
-from lightning_reg import Regularizer
+from lightning_reg import Regularizer, group_prox
 
 L1, L2 = 3e-3, 2e-2
 
@@ -147,8 +147,12 @@ def test_bad_input_names_the_argument_and_the_value(keyword: str, value: Any) ->
     ],
     ids=["loss-and-weight-decay", "proximal", "decoupled"],
 )
-def test_a_regularized_step_reads_nothing_back_to_the_host(options: dict[str, Any]) -> None:
-    """No ``.item()`` / ``_local_scalar_dense``: on an accelerator each would stall the host."""
+def test_a_regularized_step_reads_nothing_back_to_the_host(
+    options: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No ``.item()`` / ``_local_scalar_dense``: on an accelerator each would stall the host (the group
+    step's convergence check, which reads on the CPU only, runs as on an accelerator)."""
+    monkeypatch.setattr(group_prox, "CHECKED_DEVICES", frozenset())
     net = make_net()
     reg = Regularizer(net, **options)
     optimizer = torch.optim.SGD(reg.param_groups(), lr=0.05)
@@ -197,9 +201,15 @@ class RecordScalarReads(RecordOps):
     ],
     ids=["adam", "rmsprop", "sgd-momentum"],
 )
-def test_the_optimizer_aware_proximal_step_reads_only_the_cpu_step_counts(make_optimizer: Any) -> None:
+def test_the_optimizer_aware_proximal_step_reads_only_the_cpu_step_counts(
+    make_optimizer: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The step sizes come from the optimizer's state on the weights' device; the only numbers read on
-    the host are the step counts that torch.optim itself keeps on the CPU (and reads) for that reason."""
+    the host are the step counts that torch.optim itself keeps on the CPU (and reads) for that reason.
+
+    The group step's Newton solve checks its convergence on the CPU only, where reading costs nothing:
+    here it runs as on an accelerator, a fixed number of steps."""
+    monkeypatch.setattr(group_prox, "CHECKED_DEVICES", frozenset())
     net = make_net()
     reg = Regularizer(net, l1=L1, group_l1=L1, l1_mode="proximal")
     optimizer = make_optimizer(reg.param_groups())
@@ -208,6 +218,7 @@ def test_the_optimizer_aware_proximal_step_reads_only_the_cpu_step_counts(make_o
         optimizer.zero_grad()
         nn.functional.mse_loss(net(x), y).backward()
         optimizer.step()
+    reg.proximal_step(optimizer)  # the first lays out the group step's units, once
     with RecordScalarReads() as recorder:
         reg.proximal_step(optimizer)
     assert len(recorder.ops) > 10  # the recorder saw the step's work ...

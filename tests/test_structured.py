@@ -27,6 +27,7 @@ import pytest
 import torch
 from architectures import (
     RESNET_UNITS,
+    CrossingSweep,
     LitResNet,
     Unit,
     adam_steps,
@@ -35,12 +36,12 @@ from architectures import (
     bert_units,
     block_soft_threshold,
     channel_norms,
+    colour_order,
     dead,
     group_term,
     image_data,
     images,
     logits,
-    metric_prox_,
     params_of,
     prefixed,
     resnet,
@@ -217,17 +218,18 @@ def proximal_run(
     return model, snapshots, [row for row in read_csv(logger) if row.get("reg/dead_units")]
 
 
-def test_proximal_sgd_is_the_block_soft_threshold_of_each_unit(proximal_run: Any) -> None:
+def test_proximal_sgd_is_dykstras_sweep_over_the_crossing_units(proximal_run: Any) -> None:
     model, _, _ = proximal_run
     order = in_package_order(prefixed(RESNET_UNITS, "net."), model.regularizer)
     ordered = [UNITS[unit.name.removeprefix("net.")] for unit in order]
+    sweep = CrossingSweep(ordered, {unit.name: G for unit in ordered})
+    assert sweep.first, "the ResNet's units cross"
 
     def shrink(params: dict[str, Tensor]) -> None:
-        for unit in ordered:
-            block_soft_threshold(params, unit, LR * G)
+        sweep(params, LR)
 
     reference = by_hand(planted_resnet, ordered, batches(), epochs=3, after_step=shrink)
-    # The same formula, the channels' squares summed in another order: equal to rounding.
+    # The same formulas, the channels' squares summed in another order: equal to rounding.
     assert_close_weights(model, reference, rtol=1e-12)
 
 
@@ -290,7 +292,7 @@ CASES: dict[str, tuple[Callable[[], nn.Module], list[Unit], Any, Any, dict[str, 
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_adam_proximal_is_each_units_prox_in_adams_metric(case: str) -> None:
+def test_adam_proximal_is_dykstras_sweep_in_adams_metric(case: str) -> None:
     make, units, example, data, planted, strength = CASES[case]
     lr = 1e-2
     model, reference = make(), make()
@@ -303,6 +305,7 @@ def test_adam_proximal_is_each_units_prox_in_adams_metric(case: str) -> None:
     )
     reg.attach(adam)
     ordered = in_package_order(units, reg)
+    sweep = CrossingSweep(ordered, {unit.name: strength for unit in ordered})
     params = params_of(reference)
     for inputs, labels in data():
         for net, optimizer in ((model, adam), (reference, reference_adam)):
@@ -314,8 +317,7 @@ def test_adam_proximal_is_each_units_prox_in_adams_metric(case: str) -> None:
             for name, param in params.items()
             if param.grad is not None
         }
-        for unit in ordered:
-            metric_prox_(params, steps, unit, strength)
+        sweep(params, steps)
         got = params_of(model)
         for name, want in params.items():
             torch.testing.assert_close(got[name].detach(), want.detach(), rtol=1e-6, atol=1e-9, msg=name)
@@ -374,7 +376,7 @@ def test_the_first_proximal_step_of_a_warmup_shrinks_units_by_the_whole_group_l1
         for param in params.values():
             if param.dim() > 1:
                 param.copy_(torch.sign(param) * torch.clamp(param.abs() - LR * l1 / steps, min=0))
-    for unit in in_package_order(RESNET_UNITS, reg):
+    for unit in colour_order(in_package_order(RESNET_UNITS, reg)):  # no dual state yet: one after another
         block_soft_threshold(params, unit, LR * G)
     assert_close_weights(model, reference, rtol=1e-13, prefix="")
     assert sum(len(dead(params_of(model), unit)) for unit in RESNET_UNITS) > 0
@@ -559,14 +561,14 @@ def test_zero_group_l1_from_a_rule_leaves_a_unit_alone_in_the_proximal_step() ->
         torch.optim.SGD(reference.parameters(), lr=LR),
     )
     reg.attach(sgd)
+    kept = [unit for unit in in_package_order(RESNET_UNITS, reg) if unit.name != "layer1.0.conv1"]
+    sweep = CrossingSweep(kept, {unit.name: G for unit in kept})
     for batch in batches():
         for net, optimizer in ((model, sgd), (reference, reference_sgd)):
             optimizer.zero_grad()
             cross_entropy(net, batch).backward()
             optimizer.step()
-        for unit in in_package_order(RESNET_UNITS, reg):
-            if unit.name != "layer1.0.conv1":
-                block_soft_threshold(params_of(reference), unit, LR * G)
+        sweep(params_of(reference), LR)
     assert_close_weights(model, reference, rtol=1e-13, prefix="")
     assert dead(params_of(model), UNITS["layer1.0.conv1"]) == []
     assert math.isclose(reg.statistics().summary(per_parameter=True)["dead_units/layer2.0.conv1"], 2 / 8)
