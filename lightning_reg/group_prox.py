@@ -66,6 +66,7 @@ class GroupProx:
         self.sum_dtype = torch.float32 if device.type == "mps" else torch.float64
         size = max((colour.size for colour in colours), default=0)
         self._work = [torch.empty(size, dtype=dtype, device=device) for _ in range(4)]
+        self._alive = torch.empty(size, dtype=torch.bool, device=device)
         self._entries = [torch.zeros(colour.size, dtype=dtype, device=device) for colour in colours]
         self._steps = [torch.ones(colour.size, dtype=dtype, device=device) for colour in colours]
         crossing = {id(param) for param in layout.crossing}
@@ -134,9 +135,11 @@ class GroupProx:
             pull = torch.mul(duals, colour.first, out=work[0])
             self._times_steps(colour, pull, row_steps, step_buffer, taken)
             entries.sub_(pull)
-        if colour.later is not None and duals is not None:  # this colour's own pull, given back ...
+        alive = None
+        if colour.later is not None and duals is not None:  # this colour's own pull, given back
+            # 0 on the entries an earlier unit zeroed: they stay zero in the weights (below)
+            alive = torch.ne(entries, 0, out=self._alive[: colour.size]).logical_or_(colour.later == 0)
             pull = torch.mul(duals, colour.later, out=work[0])
-            pull.mul_(entries != 0)  # ... where an earlier unit left the entry alive (its zeros stay)
             self._times_steps(colour, pull, row_steps, step_buffer, taken)
             entries.add_(pull)
         if colour.l1 is not None and ramp > 0:
@@ -155,6 +158,8 @@ class GroupProx:
             else:
                 assert step_buffer is not None
                 self._newton(optimizer, bucket, rows, bucket.rows_of(step_buffer), parts, kept)
+        if alive is not None:
+            entries.mul_(alive)
         group_layout.scatter_from(colour.placements, self._entry_views[index], colour.params)
         if colour.later is not None and duals is not None:
             states = [self._dual_state(optimizer, colour.params[i]) for i in self._dual_places[index]]

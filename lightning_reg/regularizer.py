@@ -15,7 +15,6 @@ from lightning_reg import channels, kernels, step_hooks, step_sizes, step_update
 from lightning_reg.activity import ActivityPenalty
 from lightning_reg.couplings import coupled_l1_norm
 from lightning_reg.deferred import PreparedSum, l1_term
-from lightning_reg.group_prox import GroupProx
 from lightning_reg.kernels import sum_in_order
 from lightning_reg.options import (
     GroupBy,
@@ -144,11 +143,7 @@ class Regularizer:
         self._sharded = [param for _, param in self.selection.regularized if is_sharded(param)]
         self._plain_l1 = self.selection.by_strength(self._plain, "l1")
         self._prepared: dict[float, PreparedSum] = {}  # per L1 strength, see prepare_penalty
-        self._units = units_of(selection, options.group_by)
-        # the proximal step's buffers, per optimizer and set of units taking part
-        self._engines: weakref.WeakKeyDictionary[Optimizer, dict[tuple[int, ...], GroupProx]] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._proximal = step_updates.ProximalStep(selection, units_of(selection, options.group_by))
         self._optimizers: weakref.WeakSet[Optimizer] = weakref.WeakSet()  # those attach() was given
         self.step = 0
         self.activity = ActivityPenalty(model, options.activity_l1 or {})
@@ -351,8 +346,7 @@ class Regularizer:
             step_sizes.check_supported(optimizer)
         if proximal:
             step_updates.check_couplings_held(self.selection, optimizer)
-            engines = self._engines.setdefault(optimizer, {})
-            step_updates.prepare_engine(self.selection, optimizer, self._units, engines)
+            self._proximal.prepare(optimizer)
         step_hooks.attach(optimizer, self, before=before, after=[self.proximal_step] if proximal else [])
         self._optimizers.add(optimizer)
 
@@ -440,18 +434,11 @@ class Regularizer:
         ``s``: together the exact proximal operator of ``l1 * |w| + group_l1 * ||w_g||`` (sparse group
         lasso) for the step ``s`` the update applied to that entry. With ``proximal_threshold=
         "optimizer"`` ``s`` is read from the optimizer's state
-        (:func:`~lightning_reg.step_sizes.step_size`); with ``"lr"`` it is the group's learning rate.
+        (:mod:`~lightning_reg.step_sizes`); with ``"lr"`` it is the group's learning rate.
         ``l1`` (with the warm-up's ramp) and ``group_l1`` are each weight's own.
         """
         options = self.options
-        step_updates.proximal_step(
-            self.selection,
-            optimizer,
-            ramp=options.l1_ramp(self.step),
-            units=self._units,
-            threshold=options.proximal_threshold,
-            engines=self._engines.setdefault(optimizer, {}),
-        )
+        self._proximal(optimizer, ramp=options.l1_ramp(self.step), threshold=options.proximal_threshold)
 
     def statistics(self, near_zero_tol: float = NEAR_ZERO_TOL) -> WeightStatistics:
         """Norms and zero counts of ``W``, as tensors on the weights' device (no host synchronisation)."""

@@ -1,7 +1,7 @@
 """What the regularization does to the weights at an optimizer step, around the optimizer's own update.
 
 - :func:`decoupled_decay`, right before the update: ``w <- w * (1 - lr * l2)`` (what AdamW does).
-- :func:`proximal_step`, right after it: the proximal operators of the L1 and group terms, for the step
+- :class:`ProximalStep`, right after it: the proximal operators of the L1 and group terms, for the step
   the update has just applied to each entry (:mod:`~lightning_reg.step_sizes`).
 
 Both act on the regularized parameters of one :class:`~lightning_reg.selection.Selection` that the
@@ -11,6 +11,7 @@ installs them (:mod:`~lightning_reg.step_hooks`).
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -51,108 +52,109 @@ def decoupled_decay(selection: Selection, optimizer: Optimizer) -> None:
             kernels.scale_(same, 1 - lr * strength)
 
 
-@torch.no_grad()
-def proximal_step(
-    selection: Selection,
-    optimizer: Optimizer,
-    *,
-    ramp: float,
-    units: Sequence[tuple[Coupling, float]],
-    threshold: ProximalThreshold,
-    engines: dict[tuple[int, ...], GroupProx],
-) -> None:
-    """Soft-threshold each weight by ``s * l1 * ramp`` and block-shrink its units by ``group_l1``.
+class ProximalStep:
+    """The proximal step of one selection's units, with the group engines it keeps per optimizer.
 
-    ``s`` is the step the update applied to each entry: read from the optimizer's state
-    (:func:`~lightning_reg.step_sizes.steps_of`) with ``threshold="optimizer"``, the group's learning
-    rate with ``"lr"``. ``units`` are the group terms' units with their strengths (a parameter's rows or
-    columns, or coupled channels); those whose parameters all took this step are shrunk by
-    :class:`~lightning_reg.group_prox.GroupProx` (cached in ``engines`` by which units take part), which
-    is the exact proximal operator of ``l1 * |w| + group_l1 * ||w_u||`` (sparse group lasso) in the
-    metric of ``s``, and exact at the fixed point where units cross. The weights in no unit are
-    soft-thresholded alone.
+    ``units`` are the group terms' units with their strengths (a parameter's rows or columns, or coupled
+    channels: :func:`~lightning_reg.selection.units_of`). Each optimizer gets one
+    :class:`~lightning_reg.group_prox.GroupProx` per set of units taking part, laid out once.
     """
-    taken = step_hooks.step_taken(optimizer)
-    holder = {id(param): group for group in optimizer.param_groups for param in group["params"]}
-    active = [
-        index
-        for index, (unit, strength) in enumerate(units)
-        if strength > 0 and all(id(p) in holder and p.grad is not None for p in unit.parameters)
-    ]
-    sharded = [index for index in active if any(is_sharded(p) for p in units[index][0].parameters)]
-    active = [index for index in active if index not in sharded]
-    members = {id(p): p for index in active + sharded for p in units[index][0].parameters}
-    alone = [
-        param
-        for group, _, params in in_optimizer(selection, optimizer)
-        for param in params
-        if id(param) not in members and selection.strength_of(param).l1 > 0
-    ]
-    stepped = list(members.values()) + alone
-    # a sharded unit's L1 goes first, as its own term (its rows or columns then hold whole entries)
-    alone += [
-        param
-        for index in sharded
-        for param in units[index][0].parameters
-        if selection.strength_of(param).l1 > 0
-    ]
-    if not stepped:
-        return
-    groups = [holder[id(param)] for param in stepped]
-    if threshold == "optimizer":
-        steps = step_sizes.steps_of(optimizer, groups, stepped)
-    else:
-        steps = [float(group["lr"]) for group in groups]
-    by_param = dict(zip((id(param) for param in stepped), steps, strict=True))
-    _soft_threshold_alone(selection, alone, by_param, ramp, taken)
-    for index in sharded:  # a sharded weight's rows or columns: its pieces, sums over the mesh
-        unit, strength = units[index]
-        param, axis = unit.members[0].param, unit.members[0].axis
-        step = by_param[id(param)]
-        step = step if isinstance(taken, float) else step * taken
-        if isinstance(step, Tensor):
-            group_shrink_scaled_(param, strength, local(step), "rows" if axis == 0 else "columns")
+
+    def __init__(self, selection: Selection, units: Sequence[tuple[Coupling, float]]) -> None:
+        self.selection = selection
+        self.units = list(units)
+        self._engines: weakref.WeakKeyDictionary[Optimizer, dict[tuple[int, ...], GroupProx]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def prepare(self, optimizer: Optimizer) -> None:
+        """Lay out, before training, the units ``optimizer`` holds whole: the steps then only run the math."""
+        held = {id(param) for group in optimizer.param_groups for param in group["params"]}
+        active = [
+            index
+            for index, (unit, strength) in enumerate(self.units)
+            if strength > 0
+            and all(id(p) in held for p in unit.parameters)
+            and not any(is_sharded(p) for p in unit.parameters)
+        ]
+        if active:
+            self._engine(optimizer, active)
+
+    @torch.no_grad()
+    def __call__(self, optimizer: Optimizer, *, ramp: float, threshold: ProximalThreshold) -> None:
+        """Soft-threshold each weight by ``s * l1 * ramp`` and block-shrink its units by ``group_l1``.
+
+        ``s`` is the step the update applied to each entry: read from the optimizer's state
+        (:func:`~lightning_reg.step_sizes.steps_of`) with ``threshold="optimizer"``, the group's learning
+        rate with ``"lr"``. The units whose parameters all took this step are shrunk by
+        :class:`~lightning_reg.group_prox.GroupProx`, the exact proximal operator of ``l1 * |w| +
+        group_l1 * ||w_u||`` (sparse group lasso) in the metric of ``s``, exact at the fixed point where
+        units cross. The weights in no unit are soft-thresholded alone.
+        """
+        selection, units = self.selection, self.units
+        taken = step_hooks.step_taken(optimizer)
+        holder = {id(param): group for group in optimizer.param_groups for param in group["params"]}
+        active = [
+            index
+            for index, (unit, strength) in enumerate(units)
+            if strength > 0 and all(id(p) in holder and p.grad is not None for p in unit.parameters)
+        ]
+        sharded = [index for index in active if any(is_sharded(p) for p in units[index][0].parameters)]
+        active = [index for index in active if index not in sharded]
+        members = {id(p): p for index in active + sharded for p in units[index][0].parameters}
+        alone = [
+            param
+            for group, _, params in in_optimizer(selection, optimizer)
+            for param in params
+            if id(param) not in members and selection.strength_of(param).l1 > 0
+        ]
+        stepped = list(members.values()) + alone
+        # a sharded unit's L1 goes first, as its own term (its rows or columns then hold whole entries)
+        alone += [
+            param
+            for index in sharded
+            for param in units[index][0].parameters
+            if selection.strength_of(param).l1 > 0
+        ]
+        if not stepped:
+            return
+        groups = [holder[id(param)] for param in stepped]
+        if threshold == "optimizer":
+            steps = step_sizes.steps_of(optimizer, groups, stepped)
         else:
-            group_shrink_(param, step * strength, "rows" if axis == 0 else "columns")
-    if active:
-        engine_of(selection, units, active, engines).step(optimizer, by_param, ramp, taken)
+            steps = [float(group["lr"]) for group in groups]
+        by_param = dict(zip((id(param) for param in stepped), steps, strict=True))
+        _soft_threshold_alone(selection, alone, by_param, ramp, taken)
+        for index in sharded:  # a sharded weight's rows or columns: its pieces, sums over the mesh
+            unit, strength = units[index]
+            param, axis = unit.members[0].param, unit.members[0].axis
+            step = by_param[id(param)]
+            step = step if isinstance(taken, float) else step * taken
+            if isinstance(step, Tensor):
+                group_shrink_scaled_(param, strength, local(step), "rows" if axis == 0 else "columns")
+            else:
+                group_shrink_(param, step * strength, "rows" if axis == 0 else "columns")
+        if active:
+            self._engine(optimizer, active).step(optimizer, by_param, ramp, taken)
 
-
-def engine_of(
-    selection: Selection,
-    units: Sequence[tuple[Coupling, float]],
-    active: Sequence[int],
-    engines: dict[tuple[int, ...], GroupProx],
-) -> GroupProx:
-    """The :class:`GroupProx` of the ``active`` indices of ``units``, made once and kept in ``engines``."""
-    key = tuple(active)
-    engine = engines.get(key)
-    if engine is None:
-        params = {id(p): p for index in active for p in units[index][0].parameters}
-        l1 = {key: selection.strength_of(p).l1 for key, p in params.items() if selection.is_regularized(p)}
-        chosen = [units[index] for index in active]
-        layout = group_layout.build([unit for unit, _ in chosen], [strength for _, strength in chosen], l1)
-        engine = engines[key] = GroupProx(layout)
-    return engine
-
-
-def prepare_engine(
-    selection: Selection,
-    optimizer: Optimizer,
-    units: Sequence[tuple[Coupling, float]],
-    engines: dict[tuple[int, ...], GroupProx],
-) -> None:
-    """Lay out, before training, the units ``optimizer`` holds whole: the steps then only run the math."""
-    held = {id(param) for group in optimizer.param_groups for param in group["params"]}
-    active = [
-        index
-        for index, (unit, strength) in enumerate(units)
-        if strength > 0
-        and all(id(p) in held for p in unit.parameters)
-        and not any(is_sharded(p) for p in unit.parameters)
-    ]
-    if active:
-        engine_of(selection, units, active, engines)
+    def _engine(self, optimizer: Optimizer, active: Sequence[int]) -> GroupProx:
+        """The :class:`GroupProx` of the ``active`` indices of the units, made once per optimizer."""
+        engines = self._engines.setdefault(optimizer, {})
+        key = tuple(active)
+        engine = engines.get(key)
+        if engine is None:
+            units = self.units
+            params = {id(p): p for index in active for p in units[index][0].parameters}
+            l1 = {
+                key: self.selection.strength_of(p).l1
+                for key, p in params.items()
+                if self.selection.is_regularized(p)
+            }
+            chosen = [units[index] for index in active]
+            strengths = [strength for _, strength in chosen]
+            layout = group_layout.build([unit for unit, _ in chosen], strengths, l1)
+            engine = engines[key] = GroupProx(layout)
+        return engine
 
 
 def _soft_threshold_alone(

@@ -429,8 +429,8 @@ class CrossingSweep:
     The units run in :func:`colour_order`, each channel's exact proximal operator (:func:`metric_prox`)
     in turn. Where two units share a parameter (a residual block's ``conv2``: its rows in one unit, its
     input slices in another), the dual variable of the later one is kept from step to step: the earlier
-    unit sees ``x - s * y``, the later one ``x + s * y`` where the earlier one left the entry non-zero,
-    and keeps ``y = (x' - prox(x')) / s``.
+    unit sees ``x - s * y``, the later one ``x' = x + s * y`` and keeps ``y = (x' - prox(x')) / s``;
+    the weights take ``prox(x')`` where the earlier unit left the entry non-zero, ``0`` where it did not.
     """
 
     def __init__(self, units: Sequence[Unit], strengths: dict[str, float]) -> None:
@@ -447,7 +447,7 @@ class CrossingSweep:
     def __call__(self, params: dict[str, Tensor], steps: dict[str, Tensor] | float) -> None:
         for unit in self.units:
             for c in range(unit.count):
-                inputs, step_pieces = [], []
+                inputs, step_pieces, alive = [], [], []
                 for name, axis in unit.slices:
                     piece = params[name].narrow(axis, c * unit.width, unit.width)
                     step = (
@@ -456,23 +456,25 @@ class CrossingSweep:
                         else steps[name].narrow(axis, c * unit.width, unit.width)
                     )
                     x = piece.clone()
+                    alive.append(torch.ones_like(x))
                     if name in self.first:
                         dual = self.duals.setdefault(name, torch.zeros_like(params[name]))
                         dual_piece = dual.narrow(axis, c * unit.width, unit.width)
                         if self.first[name] == unit.name:
                             x -= step * dual_piece
                         else:
-                            x += step * dual_piece * (x != 0)
+                            alive[-1] = (x != 0).to(x.dtype)
+                            x += step * dual_piece
                     inputs.append(x)
                     step_pieces.append(step)
                 z = np.concatenate([x.numpy().ravel() for x in inputs])
                 s = np.concatenate([step.numpy().ravel() for step in step_pieces])
                 out = metric_prox(z, s, self.strengths[unit.name])
                 start = 0
-                for (name, axis), x, step in zip(unit.slices, inputs, step_pieces, strict=True):
+                for (name, axis), x, step, kept in zip(unit.slices, inputs, step_pieces, alive, strict=True):
                     piece = params[name].narrow(axis, c * unit.width, unit.width)
                     result = torch.from_numpy(out[start : start + x.numel()].reshape(x.shape))
                     start += x.numel()
                     if name in self.first and self.first[name] != unit.name:
                         self.duals[name].narrow(axis, c * unit.width, unit.width).copy_((x - result) / step)
-                    piece.copy_(result)
+                    piece.copy_(result * kept)
