@@ -1,14 +1,14 @@
-"""Where the entries of the group terms' units go for the proximal step: colours, buckets and views.
+"""Where the entries of the group terms' units go for the proximal step: colours, rows and views.
 
 The proximal step of ``sum_u strength_u * ||w_u||`` works on one flat buffer per *colour*: a set of
 units that share no parameter, so that the proximal operators of its units are independent and run
 together. Units that share a parameter (a residual block's ``conv2``: its rows in the stream's unit, its
 input slices in the block's own) get different colours, and the colours run one after the other.
 
-In a colour's buffer each channel is a row of a 2-D *bucket*: its slices of every member side by side,
-padded with zeros to the bucket's width. Units whose channels have about the same length share a bucket
-(:data:`PADDING`), so that the sums over channels are one reduction per bucket, and the number of
-operations of a step depends on the number of buckets, not of units or members.
+In a colour's buffer each channel is a *row*: its slices of every member side by side, padded with zeros
+to a multiple of :data:`CHUNK` entries. Viewed as a matrix of chunks (``(-1, CHUNK)``), a colour's sums
+over channels are one reduction over the chunks and one segmented sum of the chunks of each row, so the
+number of operations of a step depends on the number of colours, not of units, members or channel widths.
 
 Each member's slices are read and written through a view of the buffer shaped like the member's
 parameter (an ``as_strided`` view): one multi-tensor copy gathers every member of a colour from the
@@ -21,6 +21,7 @@ Plain PyTorch; the math that runs on the buffers lives in :mod:`~lightning_reg.g
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,9 +31,8 @@ from torch import Tensor
 
 from lightning_reg.couplings import Coupling, Member
 
-#: A bucket takes units whose channels are at least this fraction of its widest channel's length: the
-#: padding is at most a third of what a bucket holds.
-PADDING = 0.75
+#: Entries per chunk: each channel's row is padded to a multiple of it (at most ``CHUNK - 1`` zeros).
+CHUNK = 32
 
 
 @dataclass(frozen=True, eq=False)
@@ -42,7 +42,7 @@ class Placement:
     Attributes:
         member: the member.
         offset: where its first entry lies in the buffer.
-        stride: the buffer's distance between two channels (its bucket's width).
+        stride: the buffer's distance between two channels (its unit's row width).
         per_channel: how many positions along the member's axis each channel holds (1 for whole slices).
         order: with several positions per channel or a subset of the axis, the positions sorted by
             channel (gathered by index); ``None`` when the member's channels are its slices in order.
@@ -57,7 +57,7 @@ class Placement:
     def view(self, buffer: Tensor) -> Tensor:
         """The member's region of ``buffer``: shaped like its parameter, or like the gathered slices.
 
-        Channel ``c`` of the member is row ``c`` of its bucket; inside a row the slice keeps the
+        Channel ``c`` of the member is row ``c`` of its unit; inside a row the slice keeps the
         parameter's other dims in order, contiguous.
         """
         param, axis = self.member.param, self.member.axis
@@ -79,35 +79,16 @@ class Placement:
 
 
 @dataclass(frozen=True, eq=False)
-class Bucket:
-    """Rows of equal width: the channels of some units of one colour.
-
-    Attributes:
-        offset: where its first row lies in the colour's buffer.
-        rows: its channel count.
-        width: the entries of a row (the longest channel's, the others padded with zeros).
-        units: the indices of its units (in :attr:`GroupLayout.units`), their channels in this order.
-        strengths: the strength of each row's unit, one per row.
-    """
-
-    offset: int
-    rows: int
-    width: int
-    units: tuple[int, ...]
-    strengths: Tensor
-
-    def rows_of(self, buffer: Tensor) -> Tensor:
-        """The bucket as a ``(rows, width)`` view of a colour's ``buffer``."""
-        return buffer[self.offset : self.offset + self.rows * self.width].view(self.rows, self.width)
-
-
-@dataclass(frozen=True, eq=False)
 class Colour:
     """Units that share no parameter, laid out in one buffer of :attr:`size` entries.
 
     Attributes:
-        buckets: the buckets, in buffer order.
+        units: the indices of its units (in :attr:`GroupLayout.units`), in buffer order: their channels
+            are its rows, in this order.
         placements: every member of every unit of the colour.
+        strengths: the strength of each row's unit, one per row (float64).
+        chunk_rows: for each chunk of the buffer, its row.
+        row_chunks: for each row, how many chunks it spans.
         first: ``1`` on the entries of this colour that belong to a unit of a later colour too (the dual
             state of that unit is taken out of them before this colour's step), else ``0``; ``None``
             when there are none.
@@ -118,8 +99,11 @@ class Colour:
     """
 
     size: int
-    buckets: tuple[Bucket, ...]
+    units: tuple[int, ...]
     placements: tuple[Placement, ...]
+    strengths: Tensor
+    chunk_rows: Tensor
+    row_chunks: Tensor
     first: Tensor | None = None
     later: Tensor | None = None
     l1: Tensor | None = None
@@ -127,6 +111,11 @@ class Colour:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "params", tuple(place.member.param for place in self.placements))
+
+    @property
+    def rows(self) -> int:
+        """The colour's channel count."""
+        return len(self.row_chunks)
 
 
 @dataclass(frozen=True, eq=False)
@@ -237,38 +226,28 @@ def _lay_out(
     colour: int,
     dtype: torch.dtype,
 ) -> Colour:
-    """The buckets and placements of one colour's ``indices`` of ``units``, and its masks."""
-    lengths = {
-        index: sum(_slice_length(member, units[index].count) for member in units[index].members)
-        for index in indices
-    }
-    ordered = sorted(indices, key=lambda index: -lengths[index])
-    groups: list[list[int]] = []
-    for index in ordered:
-        if groups and lengths[index] >= PADDING * lengths[groups[-1][0]]:
-            groups[-1].append(index)
-        else:
-            groups.append([index])
-    buckets, placements, offset = [], [], 0
-    for group in groups:
-        width = lengths[group[0]]
-        rows = sum(units[index].count for index in group)
-        row_strengths = [strengths[index] for index in group for _ in range(units[index].count)]
-        buckets.append(
-            Bucket(offset, rows, width, tuple(group), torch.tensor(row_strengths, dtype=torch.float64))
-        )
-        row = 0
-        for index in group:
-            column = 0
-            for member in units[index].members:
-                per_channel, order = _order(member, units[index].count)
-                start = offset + row * width + column
-                placements.append(Placement(member, start, width, per_channel, order))
-                column += _slice_length(member, units[index].count)
-            row += units[index].count
-        offset += rows * width
+    """The rows and placements of one colour's ``indices`` of ``units``, and its masks."""
+    placements, offset = [], 0
+    strengths_of_rows: list[float] = []
+    chunks_of_rows: list[int] = []
+    for index in indices:
+        unit = units[index]
+        length = sum(_slice_length(member, unit.count) for member in unit.members)
+        width = -(-length // CHUNK) * CHUNK
+        column = 0
+        for member in unit.members:
+            per_channel, order = _order(member, unit.count)
+            placements.append(Placement(member, offset + column, width, per_channel, order))
+            column += _slice_length(member, unit.count)
+        strengths_of_rows += [strengths[index]] * unit.count
+        chunks_of_rows += [width // CHUNK] * unit.count
+        offset += unit.count * width
     device = placements[0].member.param.device if placements else torch.device("cpu")
-    colour_of = Colour(offset, tuple(buckets), tuple(placements))
+    row_chunks = torch.tensor(chunks_of_rows, dtype=torch.long, device=device)
+    rows = torch.arange(len(chunks_of_rows), device=device)
+    chunk_rows = torch.repeat_interleave(rows, row_chunks)
+    row_strengths = torch.tensor(strengths_of_rows, dtype=torch.float64, device=device)
+    colour_of = Colour(offset, tuple(indices), tuple(placements), row_strengths, chunk_rows, row_chunks)
     masks: dict[str, list[Tensor]] = {"first": [], "later": [], "l1": []}
     for place in placements:
         param = place.member.param
@@ -285,9 +264,7 @@ def _lay_out(
             buffer = torch.zeros(offset, dtype=dtype, device=device)
             gather_into(placements, [mask.to(dtype) for mask in values], views(colour_of, buffer))
             gathered[name] = buffer
-    return Colour(
-        offset, tuple(buckets), tuple(placements), gathered["first"], gathered["later"], gathered["l1"]
-    )
+    return dataclasses.replace(colour_of, first=gathered["first"], later=gathered["later"], l1=gathered["l1"])
 
 
 def _slice_length(member: Member, count: int) -> int:

@@ -12,21 +12,27 @@ another) cross, and composing their operators in turn is exact only for nested u
 for each shared entry, the dual variable of its later unit (``optimizer.state[p]["lightning_reg.dual"]``)
 and runs one sweep of block-coordinate ascent on the dual of the proximal problem of the sum, warm
 started from the last step's (Dykstra's method, as a proximal-gradient step with a warm-started inner
-solver): the earlier unit sees its input less the later unit's pull, ``x - s * y``, the later one the
-earlier one's output, and keeps its new ``y = strength * x / (nu + strength * s)``. A fixed point of
-"update, then this step" satisfies ``grad f(w) + sum_u y_u + l1 * sign(w) = 0`` with each ``y_u`` a
-subgradient of its unit's term at ``w``: the minimiser of the summed objective, its zero units included.
+solver): the earlier unit sees its input less the later unit's pull, ``x - s * y``; the later one sees
+the earlier one's output with that pull given back, ``x' + s * y``, and keeps its new
+``y = strength * x / (nu + strength * s)``. The weights take the later unit's output, except where the
+earlier unit left an exact zero, which stays (so a dead unit's and the L1 term's zeros are exact at
+every step; at a fixed point the two outputs agree there, so the fixed point is unchanged). A fixed
+point of "update, then this step" satisfies ``grad f(w) + sum_u y_u + l1 * sign(w) = 0`` with each
+``y_u`` a subgradient of its unit's term at ``w``: the minimiser of the summed objective, its zero units
+included.
 
 The Newton solve for ``nu`` starts from the last step's root of each unit (``"lightning_reg.norms:..."``
 in the optimizer's state, so that a resumed run continues bit for bit) or from the lower bound Jensen's
-inequality gives, whichever is larger, and rises to the root without overshooting. On the CPU it runs
-until the root moves by less than the rounding of the buffers (reading the check is free there); on
-accelerators a fixed number of steps, with no host synchronisation.
+inequality gives, whichever is larger. On the CPU it runs until no root moves by more than eight units
+in the last place of the buffers (reading the check is free there); on accelerators a fixed number of
+steps, with no host synchronisation. All of a colour's channels solve together: each operation of a
+step runs once per colour (:mod:`~lightning_reg.group_layout`), whatever the number of units.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -34,7 +40,7 @@ from torch.optim import Optimizer
 
 from lightning_reg import group_layout
 from lightning_reg.couplings import Coupling
-from lightning_reg.group_layout import Bucket, Colour, GroupLayout
+from lightning_reg.group_layout import CHUNK, Colour, GroupLayout
 
 #: The optimizer-state key of each shared entry's dual variable (that of its later unit).
 DUAL = "lightning_reg.dual"
@@ -50,23 +56,45 @@ CHECKED_NEWTON_LIMIT = 50
 Scalar = float | Tensor
 
 
+@dataclass(frozen=True)
+class _Chunked:
+    """A colour's buffers as ``(chunks, CHUNK)`` views, made once."""
+
+    entries: Tensor
+    steps: Tensor
+    duals: Tensor | None
+    first: Tensor | None
+    later: Tensor | None
+    shared: Tensor | None  # later > 0, as booleans
+    outside: Tensor | None  # later == 0, as booleans
+    l1: Tensor | None
+    work: list[Tensor]
+    alive: Tensor
+    column: Tensor
+
+
 class GroupProx:
     """Buffers and views for the proximal step of one :class:`GroupLayout`, made once and reused.
 
-    Memory: per colour, a buffer of its entries (each unit-entry once, padded to its bucket's width)
-    and one of their steps, one for the dual variables where units cross, and the masks of
-    :class:`~lightning_reg.group_layout.Colour`; four work buffers the size of the largest colour.
+    Memory: per colour, a buffer of its entries (each unit-entry once, rows padded to whole chunks) and
+    one of their steps, one for the dual variables where units cross, and the masks of
+    :class:`~lightning_reg.group_layout.Colour`; four work buffers the size of the largest colour, and
+    a fifth with fused optimizers (the input, kept in case the step was skipped).
     """
 
     def __init__(self, layout: GroupLayout) -> None:
         self.layout = layout
         colours = layout.colours
         device = colours[0].placements[0].member.param.device if colours else torch.device("cpu")
-        self.device, dtype = device, layout.dtype
-        self.sum_dtype = torch.float32 if device.type == "mps" else torch.float64
+        self.device, self.dtype = device, layout.dtype
+        # the channels' sums, in the buffers' dtype but at least float32: pairwise within a chunk, then
+        # over a row's chunks
+        self.sum_dtype = torch.promote_types(layout.dtype, torch.float32)
         size = max((colour.size for colour in colours), default=0)
+        dtype = self.dtype
         self._work = [torch.empty(size, dtype=dtype, device=device) for _ in range(4)]
         self._alive = torch.empty(size, dtype=torch.bool, device=device)
+        self._before: Tensor | None = None  # the input of a fused step that may be skipped
         self._entries = [torch.zeros(colour.size, dtype=dtype, device=device) for colour in colours]
         self._steps = [torch.ones(colour.size, dtype=dtype, device=device) for colour in colours]
         crossing = {id(param) for param in layout.crossing}
@@ -83,14 +111,33 @@ class GroupProx:
             for colour in colours
         ]
         self._dual_views = [
-            [views[index] for index in places]
-            for views, places in zip(
-                (
-                    group_layout.views(c, b) if b is not None else []
-                    for c, b in zip(colours, self._duals, strict=True)
-                ),
-                self._dual_places,
-                strict=True,
+            [group_layout.views(c, b)[i] for i in places] if b is not None else []
+            for c, b, places in zip(colours, self._duals, self._dual_places, strict=True)
+        ]
+        # per colour: each row's strength (for sums) and each chunk's (shaped to scale a chunk's entries)
+        self._strengths = [colour.strengths.to(self.sum_dtype) for colour in colours]
+        self._chunk_strengths = [
+            colour.strengths.to(dtype)[colour.chunk_rows].unsqueeze(1) for colour in colours
+        ]
+        self._row_step_cache: dict[int, tuple[tuple[float, ...], Tensor]] = {}
+        # per colour, made once: the chunk views of its buffers and of the work buffers, and a column
+        # for per-row values spread over the chunks
+        self._chunked = [
+            _Chunked(
+                entries=entries.view(-1, CHUNK),
+                steps=steps.view(-1, CHUNK),
+                duals=None if duals is None else duals.view(-1, CHUNK),
+                first=None if colour.first is None else colour.first.view(-1, CHUNK),
+                later=None if colour.later is None else colour.later.view(-1, CHUNK),
+                shared=None if colour.later is None else (colour.later > 0).view(-1, CHUNK),
+                outside=None if colour.later is None else (colour.later == 0).view(-1, CHUNK),
+                l1=None if colour.l1 is None else colour.l1.view(-1, CHUNK),
+                work=[buffer[: colour.size].view(-1, CHUNK) for buffer in self._work],
+                alive=self._alive[: colour.size].view(-1, CHUNK),
+                column=torch.empty(colour.size // CHUNK, 1, dtype=dtype, device=device),
+            )
+            for colour, entries, steps, duals in zip(
+                colours, self._entries, self._steps, self._duals, strict=True
             )
         ]
         self._floor = torch.finfo(dtype).tiny ** 0.5
@@ -103,7 +150,7 @@ class GroupProx:
 
         ``steps`` maps each parameter's ``id`` to its step: a tensor shaped like it, or one number for
         all its entries. ``ramp`` scales the L1 strengths (a warm-up); ``taken`` is ``0`` in a step a
-        fused optimizer skipped (the weights do not move then, and the dual state is kept).
+        fused optimizer skipped (the weights do not move then, and the state is kept).
         """
         for index, colour in enumerate(self.layout.colours):
             self._colour_step(optimizer, index, colour, steps, ramp, taken)
@@ -122,46 +169,51 @@ class GroupProx:
         ramp: float,
         taken: float | Tensor,
     ) -> None:
-        entries, duals = self._entries[index], self._duals[index]
+        views, duals = self._chunked[index], self._duals[index]
+        rows, work = views.entries, views.work
         group_layout.gather_into(colour.placements, colour.params, self._entry_views[index])
-        row_steps = self._row_steps(colour, steps)
-        step_buffer = None if row_steps is not None else self._gather_steps(index, colour, steps, taken)
-        if duals is not None:
+        before = None  # a fused step that may have been skipped: its input, kept
+        if isinstance(taken, Tensor):
+            if self._before is None:
+                self._before = torch.empty_like(self._work[0])
+            before = self._before[: colour.size].view(-1, CHUNK).copy_(rows)
+        row_steps = self._row_steps(index, colour, steps)
+        if row_steps is not None:  # one step per channel: scale a chunk at a time
+            if isinstance(taken, Tensor):
+                row_steps = row_steps * taken
+            step_of = self._per_chunk(index, colour, row_steps)
+        else:
+            self._gather_steps(index, colour, steps, taken)
+            step_of = views.steps
+        if views.duals is not None:
             states = [self._dual_state(optimizer, colour.params[i]) for i in self._dual_places[index]]
             places = [colour.placements[i] for i in self._dual_places[index]]
             group_layout.gather_into(places, states, self._dual_views[index])
-        work = [buffer[: colour.size] for buffer in self._work]
-        if colour.first is not None and duals is not None:  # the later units' pull, taken out
-            pull = torch.mul(duals, colour.first, out=work[0])
-            self._times_steps(colour, pull, row_steps, step_buffer, taken)
-            entries.sub_(pull)
+        if views.first is not None and views.duals is not None:  # the later units' pull, taken out
+            rows.sub_(torch.mul(views.duals, views.first, out=work[0]).mul_(step_of))
         alive = None
-        if colour.later is not None and duals is not None:  # this colour's own pull, given back
-            # 0 on the entries an earlier unit zeroed: they stay zero in the weights (below)
-            alive = torch.ne(entries, 0, out=self._alive[: colour.size]).logical_or_(colour.later == 0)
-            pull = torch.mul(duals, colour.later, out=work[0])
-            self._times_steps(colour, pull, row_steps, step_buffer, taken)
-            entries.add_(pull)
-        if colour.l1 is not None and ramp > 0:
-            threshold = torch.mul(colour.l1, ramp, out=work[0])
-            self._times_steps(colour, threshold, row_steps, step_buffer, taken)
-            entries.sub_(torch.clamp(entries, min=-threshold, max=threshold, out=work[1]))
-        keep = None
-        if colour.later is not None:
-            keep = colour.later if not isinstance(taken, Tensor) else colour.later * taken
-        for position, bucket in enumerate(colour.buckets):
-            rows = bucket.rows_of(entries)
-            kept = None if keep is None or duals is None else (bucket.rows_of(keep), bucket.rows_of(duals))
-            parts = [bucket.rows_of(buffer) for buffer in work]
-            if row_steps is not None:
-                self._closed_form(bucket, rows, row_steps[position], taken, kept)
-            else:
-                assert step_buffer is not None
-                self._newton(optimizer, bucket, rows, bucket.rows_of(step_buffer), parts, kept)
+        if views.later is not None and views.outside is not None and views.duals is not None:
+            # this colour's own pull, given back; 0 on the entries an earlier unit zeroed: they stay zero
+            # in the weights (below)
+            alive = torch.ne(rows, 0, out=views.alive).logical_or_(views.outside)
+            rows.add_(torch.mul(views.duals, views.later, out=work[0]).mul_(step_of))
+        if views.l1 is not None and ramp > 0:
+            threshold = torch.mul(views.l1, ramp, out=work[0]).mul_(step_of)
+            rows.sub_(torch.clamp(rows, min=-threshold, max=threshold, out=work[1]))
+        kept = None
+        if views.shared is not None and views.duals is not None:  # the entries whose dual this keeps
+            keep = views.shared if not isinstance(taken, Tensor) else views.shared & (taken > 0)
+            kept = (keep, views.duals)
+        if row_steps is not None:
+            self._closed_form(index, colour, rows, row_steps, kept)
+        else:
+            self._newton(optimizer, index, colour, rows, step_of, work, kept, taken)
         if alive is not None:
-            entries.mul_(alive)
+            rows.mul_(alive)
+        if before is not None:  # bit for bit what it was (steps of 0 are not quite the identity in rounding)
+            torch.where(torch.as_tensor(taken) > 0, rows, before, out=rows)
         group_layout.scatter_from(colour.placements, self._entry_views[index], colour.params)
-        if colour.later is not None and duals is not None:
+        if duals is not None and views.later is not None:
             states = [self._dual_state(optimizer, colour.params[i]) for i in self._dual_places[index]]
             places = [colour.placements[i] for i in self._dual_places[index]]
             group_layout.scatter_from(places, self._dual_views[index], states)
@@ -173,19 +225,28 @@ class GroupProx:
         dual: Tensor = state[DUAL]
         return dual
 
-    def _row_steps(self, colour: Colour, steps: Mapping[int, Scalar]) -> list[Tensor] | None:
-        """Per bucket, each row's step, when every unit's members share one number; else ``None``."""
-        per_bucket = []
-        for bucket in colour.buckets:
-            values = []
-            for unit_index in bucket.units:
-                unit = self.layout.units[unit_index]
-                shared = {steps[id(member.param)] for member in unit.members}
-                if len(shared) != 1 or not isinstance(next(iter(shared)), float):
-                    return None
-                values += [float(next(iter(shared)))] * unit.count
-            per_bucket.append(torch.tensor(values, dtype=self.layout.dtype, device=self.device))
-        return per_bucket
+    def _row_steps(self, index: int, colour: Colour, steps: Mapping[int, Scalar]) -> Tensor | None:
+        """Each row's step (``sum_dtype``) when every unit's members share one number; else ``None``.
+
+        Made again only when the numbers change (a schedule's step), else taken from the last step.
+        """
+        values = []
+        for unit_index in colour.units:
+            shared = {steps[id(member.param)] for member in self.layout.units[unit_index].members}
+            value = next(iter(shared))
+            if len(shared) != 1 or not isinstance(value, float):
+                return None
+            values.append(value)
+        key = tuple(values)
+        cached = self._row_step_cache.get(index)
+        if cached is None or cached[0] != key:
+            counts = [self.layout.units[unit_index].count for unit_index in colour.units]
+            rows = [value for value, count in zip(values, counts, strict=True) for _ in range(count)]
+            cached = self._row_step_cache[index] = (
+                key,
+                torch.tensor(rows, dtype=self.sum_dtype, device=self.device),
+            )
+        return cached[1]
 
     def _gather_steps(
         self, index: int, colour: Colour, steps: Mapping[int, Scalar], taken: float | Tensor
@@ -205,103 +266,104 @@ class GroupProx:
             buffer.mul_(taken)
         return buffer
 
-    def _times_steps(
-        self,
-        colour: Colour,
-        values: Tensor,
-        row_steps: list[Tensor] | None,
-        step_buffer: Tensor | None,
-        taken: float | Tensor,
-    ) -> None:
-        """``values *= s`` entry by entry, in place."""
-        if step_buffer is not None:
-            values.mul_(step_buffer)
-            return
-        assert row_steps is not None
-        for bucket, rows in zip(colour.buckets, row_steps, strict=True):
-            bucket.rows_of(values).mul_(
-                rows[:, None] if not isinstance(taken, Tensor) else rows[:, None] * taken
-            )
+    def _row_sums(self, colour: Colour, chunks: Tensor) -> Tensor:
+        """Each row's sum of the entries of ``chunks`` (``(chunks, CHUNK)``), in ``sum_dtype``: a sum per
+        chunk, then one segmented sum of the chunks of each row (they are consecutive)."""
+        partial = chunks.sum(1, dtype=self.sum_dtype)
+        return torch.segment_reduce(partial, "sum", lengths=colour.row_chunks)
+
+    def _squared_norms(self, colour: Colour, rows: Tensor, scratch: Tensor) -> Tensor:
+        """Each row's ``||x||^2`` (``scratch`` is overwritten)."""
+        return self._row_sums(colour, torch.mul(rows, rows, out=scratch))
+
+    def _per_chunk(self, index: int, colour: Colour, values: Tensor) -> Tensor:
+        """Per-row ``values`` spread over their chunks: a ``(chunks, 1)`` column (reused)."""
+        column = self._chunked[index].column
+        torch.index_select(values.to(column.dtype), 0, colour.chunk_rows, out=column.view(-1))
+        return column
 
     def _closed_form(
         self,
-        bucket: Bucket,
+        index: int,
+        colour: Colour,
         rows: Tensor,
         steps: Tensor,
-        taken: float | Tensor,
         kept: tuple[Tensor, Tensor] | None,
     ) -> None:
         """Equal steps in every channel: ``x <- x * max(0, 1 - strength * s / ||x||)``."""
-        if isinstance(taken, Tensor):
-            steps = (steps * taken).clamp_min(self._floor)
-        strengths = bucket.strengths.to(device=rows.device, dtype=self.sum_dtype)
-        norms = torch.linalg.vector_norm(rows, dim=1, dtype=self.sum_dtype)
-        safe = norms.clamp_min(torch.finfo(self.sum_dtype).tiny)
+        strengths = self._strengths[index]
+        steps = steps.clamp_min(self._floor)
+        scratch = self._chunked[index].work[0]
+        safe = self._squared_norms(colour, rows, scratch).sqrt_().clamp_min_(torch.finfo(self.sum_dtype).tiny)
         if kept is not None:  # the unit's dual: the pull x / s projected onto the ball of radius strength
             keep, duals = kept
-            pull = torch.minimum(1 / steps.to(self.sum_dtype), strengths / safe).to(rows.dtype)
-            torch.where(keep > 0, rows * pull[:, None], duals, out=duals)
-        factor = (1 - strengths * steps.to(self.sum_dtype) / safe).clamp_min(0)
-        rows.mul_(factor.to(rows.dtype)[:, None])
+            pull = self._per_chunk(index, colour, torch.minimum(1 / steps, strengths / safe))
+            torch.where(keep, rows * pull, duals, out=duals)
+        factor = (1 - strengths * steps / safe).clamp_min_(0)
+        rows.mul_(self._per_chunk(index, colour, factor))
 
     def _newton(
         self,
         optimizer: Optimizer,
-        bucket: Bucket,
+        index: int,
+        colour: Colour,
         rows: Tensor,
         steps: Tensor,
         work: Sequence[Tensor],
         kept: tuple[Tensor, Tensor] | None,
+        taken: float | Tensor,
     ) -> None:
         """Per-entry steps: each channel's exact proximal operator in their metric (module docstring)."""
         pulls, scratch, shifted, terms = work
-        dtype, sums = rows.dtype, self.sum_dtype
-        strengths = bucket.strengths.to(device=rows.device, dtype=dtype)
-        torch.mul(steps, strengths[:, None], out=pulls).clamp_min_(self._floor)  # strength * s_i
-        zero = torch.linalg.vector_norm(torch.div(rows, pulls, out=scratch), dim=1, dtype=sums) <= 1
-        torch.mul(rows, rows, out=scratch)
-        squares = scratch.sum(1, dtype=sums)
+        tiny = torch.finfo(self.sum_dtype).tiny
+        strengths = self._chunk_strengths[index]
+        torch.mul(steps, strengths, out=pulls).clamp_min_(self._floor)  # strength * s_i
+        zero = self._squared_norms(colour, torch.div(rows, pulls, out=scratch), scratch) <= 1
+        squares = self._squared_norms(colour, rows, scratch)
         # Jensen: the root is at least ||x|| - sum_i x_i^2 * strength * s_i / ||x||^2.
-        pulled = torch.mul(scratch, pulls, out=terms).sum(1, dtype=sums)
-        tiny = torch.finfo(sums).tiny
-        bound = (squares.sqrt() - pulled / squares.clamp_min(tiny)).clamp_min(0)
-        root = (
-            bound if (warm := self._warm(optimizer, bucket)) is None else torch.maximum(warm.to(sums), bound)
-        )
+        pulled = self._row_sums(colour, torch.mul(rows, rows, out=terms).mul_(pulls))
+        bound = (squares.sqrt() - pulled / squares.clamp_min(tiny)).clamp_min_(0)
+        warm = self._warm(optimizer, colour)
+        root = bound if warm is None else torch.maximum(warm, bound)
         check = rows.device.type in CHECKED_DEVICES
-        tolerance = 8 * torch.finfo(dtype).eps
+        tolerance = 8 * torch.finfo(self.dtype).eps
         for _ in range(CHECKED_NEWTON_LIMIT if check else NEWTON_STEPS):
-            torch.add(pulls, root.to(dtype)[:, None], out=shifted)
-            torch.div(rows, shifted, out=terms)  # x_i / (nu + strength * s_i)
-            total = torch.linalg.vector_norm(terms, dim=1, dtype=sums).square()
-            slope = terms.square_().div_(shifted).sum(1, dtype=sums)
+            torch.add(pulls, self._per_chunk(index, colour, root), out=shifted)
+            squared = torch.div(rows, shifted, out=terms).square_()  # (x_i / (nu + strength * s_i))^2
+            total = self._row_sums(colour, squared)
+            slope = self._row_sums(colour, squared.div_(shifted))
             # nu <- nu - (total^(-1/2) - 1) / (total^(-3/2) * slope), never below the bound
             move = (total.pow(1.5) - total) / slope.clamp_min(tiny)
             root = torch.maximum(root + move, bound)
             if check and bool(((move.abs() <= tolerance * root) | zero).all()):
                 break
-        root = torch.where(zero, 0.0, root)
-        self._keep_warm(optimizer, bucket, root)
-        torch.add(pulls, root.to(dtype)[:, None], out=shifted)
+        root = root.masked_fill_(zero, 0.0)
+        if isinstance(taken, Tensor):  # a skipped step keeps the last roots (or none: zeros, as none)
+            self._keep_warm(optimizer, colour, torch.where(taken > 0, root, 0.0 if warm is None else warm))
+        else:
+            self._keep_warm(optimizer, colour, root)
+        root_of = self._per_chunk(index, colour, root)
+        torch.add(pulls, root_of, out=shifted)
         if kept is not None:  # the unit's dual: strength * x_i / (nu + strength * s_i)
             keep, duals = kept
-            torch.div(rows, shifted, out=terms).mul_(strengths[:, None])
-            torch.where(keep > 0, terms, duals, out=duals)
-        rows.mul_(root.to(dtype)[:, None]).div_(shifted)
+            torch.div(rows, shifted, out=terms).mul_(strengths)
+            torch.where(keep, terms, duals, out=duals)
+        rows.mul_(root_of).div_(shifted)
 
-    def _warm(self, optimizer: Optimizer, bucket: Bucket) -> Tensor | None:
-        """The bucket's channel norms of the last step, from the optimizer's state (``None``: none yet)."""
+    def _warm(self, optimizer: Optimizer, colour: Colour) -> Tensor | None:
+        """The colour's channel norms of the last step, from the optimizer's state (``None``: none yet)."""
         stored = []
-        for unit_index in bucket.units:
+        for unit_index in colour.units:
             unit = self.layout.units[unit_index]
             norms = optimizer.state[unit.members[0].param].get(_norms_key(unit))
             if norms is None or norms.shape != (unit.count,):
                 return None
             stored.append(norms)
-        return torch.cat(stored) if len(stored) > 1 else stored[0]
+        warm = torch.cat(stored) if len(stored) > 1 else stored[0]
+        return warm if warm.dtype == self.sum_dtype else warm.to(self.sum_dtype)
 
-    def _keep_warm(self, optimizer: Optimizer, bucket: Bucket, root: Tensor) -> None:
-        units = [self.layout.units[index] for index in bucket.units]
+    def _keep_warm(self, optimizer: Optimizer, colour: Colour, root: Tensor) -> None:
+        units = [self.layout.units[index] for index in colour.units]
         pieces = torch.split(root, [unit.count for unit in units])
         targets = []
         for unit in units:
@@ -309,7 +371,7 @@ class GroupProx:
             key = _norms_key(unit)
             state = optimizer.state[param]
             if key not in state or state[key].shape != (unit.count,):
-                state[key] = torch.zeros(unit.count, dtype=param.dtype, device=param.device)
+                state[key] = torch.zeros(unit.count, dtype=root.dtype, device=param.device)
             targets.append(state[key])
         torch._foreach_copy_(targets, list(pieces))
 
