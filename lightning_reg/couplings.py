@@ -8,9 +8,9 @@ parameter, an axis, and which channel each index along that axis belongs to. Tod
 ``"columns"`` groups are its one-member case (:meth:`Coupling.along`).
 
 The math over couplings mirrors :mod:`~lightning_reg.penalties`: the norm of each channel (every
-member's slices together), the group term, its proximal operator (block soft-thresholding) in the
-plain and in the optimizer's diagonal metric, and the statistics. Plain PyTorch; the tracing that finds
-couplings in a model lives in :mod:`~lightning_reg.channels`.
+member's slices together), the group term and the statistics. Plain PyTorch; the tracing that finds
+couplings in a model lives in :mod:`~lightning_reg.channels`, their proximal step in
+:mod:`~lightning_reg.group_prox`.
 """
 
 from __future__ import annotations
@@ -22,9 +22,6 @@ import torch
 from torch import Tensor
 
 from lightning_reg.kernels import sum_in_order
-from lightning_reg.penalties import GROUP_NEWTON_STEPS, least_pull, metric_prox_norms
-
-_TINY = 1e-300
 
 
 @dataclass(frozen=True, eq=False)
@@ -150,65 +147,6 @@ def coupled_l1_norm(couplings: Sequence[Coupling]) -> Tensor:
     tensor(5., grad_fn=<SumBackward0>)
     """
     return sum_in_order(channel_norms(coupling).sum() for coupling in couplings)
-
-
-@torch.no_grad()
-def coupled_shrink_(coupling: Coupling, threshold: float | Tensor) -> None:
-    """In place, ``w_c <- w_c * max(0, 1 - threshold / ||w_c||)`` for every channel ``c``.
-
-    The proximal operator of ``threshold * sum_c ||w_c||``: a channel whose norm (over all its slices)
-    is at most ``threshold`` becomes exactly ``0`` in every member.
-
-    >>> conv = torch.nn.Parameter(torch.tensor([[3.0], [0.3]]))
-    >>> scale = torch.nn.Parameter(torch.tensor([4.0, 0.4]))
-    >>> both = torch.arange(2)
-    >>> coupling = Coupling("c", 2, (Member("conv", conv, 0, both, both), Member("bn", scale, 0, both, both)))
-    >>> coupled_shrink_(coupling, 1.0)
-    >>> conv.data, scale.data
-    (tensor([[2.4000],
-            [0.0000]]), tensor([3.2000, 0.0000]))
-    """
-    norms = channel_squares(coupling).sqrt()
-    factor = (1 - threshold / norms.clamp_min(torch.finfo(norms.dtype).tiny)).clamp_min(0)
-    for member in coupling.members:
-        member.param.mul_(member.spread(factor.to(member.param.dtype), 1.0))
-
-
-@torch.no_grad()
-def coupled_shrink_scaled_(
-    coupling: Coupling, strength: float, steps: Sequence[Tensor], newton_steps: int = GROUP_NEWTON_STEPS
-) -> None:
-    """In place, the proximal operator of ``strength * sum_c ||w_c||`` in the metric of per-entry steps.
-
-    The coupled form of :func:`~lightning_reg.penalties.group_shrink_scaled_`: ``steps[i]`` holds the
-    step ``s`` of each entry of member ``i``'s parameter (broadcastable to it, positive). Each channel
-    ``z = w_c`` becomes ``argmin_x sum_i (x_i - z_i)^2 / (2 s_i) + strength * ||x||``: exactly ``0``
-    when ``||z / s|| <= strength``, else ``x_i = z_i * nu / (nu + strength * s_i)``, ``nu`` found by the
-    same fixed number of Newton steps from the same lower bound, for all channels at once.
-
-    >>> w = torch.nn.Parameter(torch.tensor([[3.0, 4.0], [0.3, 0.4]], dtype=torch.float64))
-    >>> coupled_shrink_scaled_(Coupling.along("w", w, 0), 1.0, [torch.ones(2, 2, dtype=torch.float64)])
-    >>> w.data
-    tensor([[2.4000, 3.2000],
-            [0.0000, 0.0000]], dtype=torch.float64)
-    """
-    members = coupling.members
-    dtype = torch.float32 if members[0].param.device.type == "mps" else torch.float64
-    pulls = [least_pull(step * strength) for step in steps]  # strength * s_i, per entry
-    kept = metric_prox_norms(
-        [member.param.square() for member in members],
-        pulls,
-        lambda values: coupling.channel_sums(values, dtype),
-        lambda per_channel: [member.spread(per_channel.to(member.param.dtype), 0.0) for member in members],
-        newton_steps,
-    )
-    for member, pull in zip(members, pulls, strict=True):
-        factor = member.spread(kept.to(member.param.dtype), 0.0)
-        ratio = factor / (factor + pull).clamp_min(_TINY)
-        if not member.identity:  # entries of no channel keep their value
-            inside = member.spread(torch.ones_like(kept, dtype=member.param.dtype), 0.0) > 0
-            ratio = torch.where(inside, ratio, torch.ones_like(ratio))
-        member.param.mul_(ratio)
 
 
 def coupled_statistics(couplings: Sequence[Coupling], dtype: torch.dtype = torch.float64) -> Tensor:

@@ -348,7 +348,7 @@ class GroupProx:
             keep, duals = kept
             torch.div(rows, shifted, out=terms).mul_(strengths)
             torch.where(keep, terms, duals, out=duals)
-        rows.mul_(root_of).div_(shifted)
+        rows.mul_(torch.div(root_of, shifted, out=shifted))  # nu / (nu + pull): exactly 1 for a 0 step
 
     def _warm(self, optimizer: Optimizer, colour: Colour) -> Tensor | None:
         """The colour's channel norms of the last step, from the optimizer's state (``None``: none yet)."""

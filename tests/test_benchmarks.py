@@ -56,3 +56,10 @@ def test_sweep_cost_benchmark_runs_every_variant() -> None:
     assert [row[0] for row in rows] == ["grid", "pruned", "warm", "TPE"]
     assert rows[0][2] == rows[0][4] == "1.00"  # the grid is its own baseline
     assert lines[-1].startswith("targets: warm path <= 0.40")
+
+
+def test_group_step_benchmark_runs_and_prints_each_mode() -> None:
+    lines = run_benchmark("group_step.py", "--quick")
+    rows = [line.split() for line in lines if line.startswith(("plain ", "l1 ", "rows ", "channels "))]
+    assert [row[0] for row in rows] == ["plain", "l1", "rows", "channels"]
+    assert rows[0][2] == "1.00"  # plain Adam is its own baseline

@@ -21,10 +21,10 @@ from lightning_reg.couplings import (
     Member,
     channel_norms,
     coupled_l1_norm,
-    coupled_shrink_,
-    coupled_shrink_scaled_,
     coupled_statistics,
 )
+from lightning_reg.group_layout import build
+from lightning_reg.group_prox import GroupProx
 
 DTYPE = torch.float64
 COUNT = 3
@@ -122,6 +122,16 @@ def test_statistics_are_the_norm_sum_and_the_dead_count() -> None:
     assert dead == 1
 
 
+def shrink(coupling: Coupling, strength: float, steps: float | list[Tensor]) -> None:
+    """The package's proximal step of ``strength * sum_c ||w_c||`` on ``coupling`` alone (no L1, no
+    other unit), with one step for every entry (``float``) or one per entry of each member's parameter."""
+    params = [member.param for member in coupling.members]
+    per_param = [steps] * len(params) if isinstance(steps, float) else steps
+    engine = GroupProx(build([coupling], [strength], {}))
+    optimizer = torch.optim.SGD(params, lr=1.0)  # holds the engine's state
+    engine.step(optimizer, {id(p): s for p, s in zip(params, per_param, strict=True)}, ramp=0.0, taken=1.0)
+
+
 def snapshot(p: dict[str, nn.Parameter]) -> dict[str, Tensor]:
     return {name: param.detach().clone() for name, param in p.items()}
 
@@ -131,7 +141,7 @@ def test_block_soft_threshold_is_the_formula() -> None:
     before = snapshot(p)
     norms = norms_by_hand(before)
     threshold = float(norms.sort().values[1]) * 1.001  # kills the two smallest channels, keeps the third
-    coupled_shrink_(coupling_of(p), threshold)
+    shrink(coupling_of(p), threshold, 1.0)
     expected = snapshot(p)
     expected.update({name: value.clone() for name, value in before.items()})
     for k in range(COUNT):
@@ -176,7 +186,7 @@ def test_the_metric_prox_is_the_bisection_solution_channel_by_channel(strength: 
     p = parameters()
     before = snapshot(p)
     steps = steps_of(p)
-    coupled_shrink_scaled_(coupling_of(p), strength, [steps[name] for name in p])
+    shrink(coupling_of(p), strength, [steps[name] for name in p])
     expected = prox_by_hand(before, steps, strength)
     for name in p:
         torch.testing.assert_close(p[name].detach(), expected[name], rtol=1e-6, atol=1e-12, msg=name)
@@ -205,11 +215,17 @@ def test_the_cases_span_dead_and_live_channels() -> None:
 
 
 def test_with_one_step_for_every_entry_the_metric_prox_is_the_block_soft_threshold() -> None:
-    p, q = parameters(), parameters()
-    coupled_shrink_scaled_(coupling_of(p), 2.0, [torch.full_like(param, 0.5) for param in p.values()])
-    coupled_shrink_(coupling_of(q), 2.0 * 0.5)
+    """Steps given per entry but all equal (the Newton solve) give block soft-thresholding's formula."""
+    p = parameters()
+    before = snapshot(p)
+    norms = norms_by_hand(before)
+    shrink(coupling_of(p), 2.0, [torch.full_like(param, 0.5) for param in p.values()])
+    expected = {name: value.clone() for name, value in before.items()}
+    for k in range(COUNT):
+        for piece in pieces(expected, k):
+            piece.mul_(max(0.0, 1 - 2.0 * 0.5 / float(norms[k])))
     for name in p:
-        torch.testing.assert_close(p[name], q[name], rtol=1e-12, atol=1e-15)
+        torch.testing.assert_close(p[name].detach(), expected[name], rtol=1e-12, atol=1e-15, msg=name)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -220,6 +236,6 @@ def test_the_metric_prox_with_zero_steps_moves_nothing(dtype: torch.dtype) -> No
     both = torch.arange(2)
     coupling = Coupling("c", 2, (Member("conv", conv, 0, both, both), Member("bn", scale, 0, both, both)))
     before = [conv.detach().clone(), scale.detach().clone()]
-    coupled_shrink_scaled_(coupling, 10.0, [torch.zeros_like(conv), torch.zeros_like(scale)])
+    shrink(coupling, 10.0, [torch.zeros_like(conv), torch.zeros_like(scale)])
     assert torch.equal(conv, before[0])
     assert torch.equal(scale, before[1])

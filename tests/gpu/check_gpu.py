@@ -10,6 +10,9 @@ compares with the tutorial's recipe run by hand on the same GPU, or expects a do
 4. Lightning's ``FSDPStrategy`` (FSDP1) flattens the parameters: the package must refuse it clearly.
 5. the optimizer-aware proximal step with capturable and fused Adam (step counts on the GPU): no host
    synchronisation inside ``optimizer.step()``, and the weights of a loop that writes Adam's threshold out.
+6. the group engine on crossing channel units (``tests/test_group_prox.py``'s MLP) with capturable Adam:
+   no host synchronisation inside ``optimizer.step()`` (a fixed count of Newton steps there), and the
+   fixed point is the minimiser the tests solve on the CPU.
 
 Prints one line per check and exits non-zero if any fails.
 """
@@ -163,6 +166,50 @@ def check_proximal_capturable_and_fused() -> str:
     return "max |diff| " + ", ".join(differences)
 
 
+def check_group_engine_on_crossing_units(device: str = "cuda") -> str:
+    import test_group_prox as crossing  # the crossing MLP, its quadratic and the reference minimiser
+
+    g, l1 = crossing.CASES[0]
+    saved = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        on_cpu = crossing.start(crossing.mlp, g, l1, "adam", 3e-2)
+        quadratic = crossing.Quadratic.of(on_cpu.model)
+        expected = crossing.solve(on_cpu, quadratic, g, l1)
+        model, inputs = crossing.mlp()
+        model, inputs = model.to(device), inputs.to(device)
+        reg = Regularizer(
+            model, group_l1=g, l1=l1, group_by="channels", example_inputs=inputs, l1_mode="proximal"
+        )
+        optimizer = torch.optim.Adam(
+            model.parameters(), lr=3e-2, betas=(0.9, 0.99), capturable=device == "cuda"
+        )
+        reg.attach(optimizer)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, crossing.decay)
+        on_device = crossing.Quadratic(
+            {n: h.to(device) for n, h in quadratic.h.items()},
+            {n: b.to(device) for n, b in quadratic.b.items()},
+        )
+        for _ in range(3000):
+            on_device.set_grads(model)
+            if device == "cuda":
+                torch.cuda.set_sync_debug_mode("error")  # any host synchronisation in the step raises
+            try:
+                optimizer.step()
+            finally:
+                if device == "cuda":
+                    torch.cuda.set_sync_debug_mode("default")
+            schedule.step()
+        got = {n: p.detach().cpu() for n, p in model.named_parameters()}
+    finally:
+        torch.set_default_dtype(saved)
+    difference = crossing.gap(got, expected)
+    assert difference < 1e-9, f"max |w - w*| {difference:.2e}"
+    same_zeros = crossing.zeros(got, exact=True), crossing.zeros(expected, exact=False)
+    assert all(torch.equal(a, same_zeros[1][n]) for n, a in same_zeros[0].items()), "the same exact zeros"
+    return f"max |w - w*| {difference:.1e}, the same zeros"
+
+
 def main() -> int:
     assert torch.cuda.is_available(), "needs a CUDA GPU"
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}")
@@ -173,6 +220,7 @@ def main() -> int:
         check_decoupled_fused,
         check_fsdp1_refused,
         check_proximal_capturable_and_fused,
+        check_group_engine_on_crossing_units,
     )
     for check in checks:
         try:
