@@ -39,7 +39,7 @@ import torch
 from numpy.typing import NDArray
 from torch import Tensor, nn
 
-from lightning_reg import Regularizer
+from lightning_reg import Regularizer, group_prox
 from lightning_reg.demos.resnet import ResNet
 
 Array = NDArray[np.float64]
@@ -409,6 +409,26 @@ def test_adam_lands_on_the_minimiser(g: float, l1: float) -> None:
     assert _same(zeros(got, exact=True), zeros(expected, exact=False))
 
 
+def test_on_accelerators_one_newton_step_a_step_lands_on_the_minimiser(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The path accelerators take (a fixed number of Newton steps, no convergence check), run here with
+    one Newton step per optimizer step: each solve starts from the last step's roots, so the solves
+    carry on across steps and Adam still lands on the minimiser, zeros included."""
+    monkeypatch.setattr(group_prox, "CHECKED_DEVICES", frozenset())
+    monkeypatch.setattr(group_prox, "NEWTON_STEPS", 1)
+    g, l1 = CASES[0]
+    run = start(mlp, g, l1, "adam", 3e-2)
+    quadratic = Quadratic.of(run.model)
+    expected = solve(run, quadratic, g, l1)
+    run.steps(quadratic, 3000)
+    got = run.weights()
+    difference = gap(got, expected)
+    print(f"adam, one Newton step a step: max |w - w*| = {difference:.2e}")
+    assert difference < 1e-10
+    assert _same(zeros(got, exact=True), zeros(expected, exact=False))
+
+
 RESNET_CASE = (3.0, 0.1)  # every channel alive, 1,628 L1 zeros among them
 
 
@@ -458,7 +478,8 @@ def test_the_sequential_scheme_misses_the_minimiser() -> None:
 
 def test_a_step_a_fused_adam_skips_under_a_grad_scaler_changes_nothing() -> None:
     """An inf gradient makes ``GradScaler`` skip fused Adam's step: the run then goes on bit for bit as
-    the run without that step (weights, duals and stored roots untouched by it)."""
+    the run without that step (weights, duals and stored roots untouched by it, a channel of norm 1e-140
+    included)."""
     g, l1 = CASES[0]
     runs = [start(mlp, g, l1, "adam", 3e-2, fused=True) for _ in range(2)]
     quadratic = Quadratic.of(runs[0].model)
@@ -477,6 +498,11 @@ def test_a_step_a_fused_adam_skips_under_a_grad_scaler_changes_nothing() -> None
     for run, scaler in zip(runs, scalers, strict=True):
         for _ in range(20):
             scaled_step(run, scaler)
+        with torch.no_grad():  # a live channel of tiny norm: a step of 0 in the arithmetic would move it
+            first, second = run.model[0], run.model[2]  # type: ignore[index]
+            c = int(first.weight.abs().sum(1).argmax())
+            for piece in (first.weight[c], first.bias[c : c + 1], second.weight[:, c]):
+                piece.mul_(1e-140)
     before = runs[0].weights()
     state = {key: value.clone() for key, value in _engine_state(runs[0]).items()}
     assert any(key.startswith(DUAL) for key in state)
