@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from lightning_reg.kernels import sum_in_order
+from lightning_reg.sharding import global_value
 
 
 @dataclass(frozen=True, eq=False)
@@ -128,7 +129,8 @@ class Coupling:
 
 def channel_squares(coupling: Coupling, dtype: torch.dtype | None = None) -> Tensor:
     """``||w_c||^2`` of each channel ``c``: the squares of every member's slices of ``c``, added."""
-    return coupling.channel_sums([member.param.square() for member in coupling.members], dtype)
+    params = [member.param if dtype is None else member.param.to(dtype) for member in coupling.members]
+    return coupling.channel_sums([param.square() for param in params], dtype)
 
 
 def channel_norms(coupling: Coupling) -> Tensor:
@@ -146,7 +148,7 @@ def coupled_l1_norm(couplings: Sequence[Coupling]) -> Tensor:
     >>> coupled_l1_norm([Coupling.along("w", w, 1)])
     tensor(5., grad_fn=<SumBackward0>)
     """
-    return sum_in_order(channel_norms(coupling).sum() for coupling in couplings)
+    return sum_in_order(global_value(channel_norms(coupling).sum()) for coupling in couplings)
 
 
 def coupled_statistics(couplings: Sequence[Coupling], dtype: torch.dtype = torch.float64) -> Tensor:
@@ -161,6 +163,6 @@ def coupled_statistics(couplings: Sequence[Coupling], dtype: torch.dtype = torch
     with torch.no_grad():
         rows = []
         for coupling in couplings:
-            norms = channel_squares(coupling, dtype).sqrt()
+            norms = global_value(channel_squares(coupling, dtype)).sqrt()
             rows.append(torch.stack((norms.sum(), (norms == 0).sum().to(dtype))))
         return torch.stack(rows)

@@ -12,14 +12,13 @@ from lightning_reg.sharding import (
     global_value,
     group_squares,
     group_sums,
-    is_sharded,
     local,
     piece_of,
     sum_over_shards,
 )
 
 #: Columns of the table returned by :func:`weight_statistics`.
-STATISTICS_COLUMNS = ("abs_sum", "sq_sum", "zeros", "near_zero", "group_norm_sum", "dead_groups")
+STATISTICS_COLUMNS = ("abs_sum", "sq_sum", "zeros", "near_zero")
 
 
 def grouped(param: Tensor, group_by: str) -> Tensor:
@@ -44,19 +43,6 @@ def grouped(param: Tensor, group_by: str) -> Tensor:
     return matrix
 
 
-def group_count(param: Tensor, group_by: str) -> int:
-    """How many groups ``param`` has along ``group_by`` (its entries, with fewer than two dims)."""
-    if param.dim() < 2:
-        return param.numel()
-    return int(param.shape[0] if group_by == "rows" else param.shape[1])
-
-
-def group_norms(param: Tensor, group_by: str) -> Tensor:
-    """The L2 norm of each group of ``param``; differentiable, with a zero (not NaN) gradient at 0."""
-    norms: Tensor = torch.linalg.vector_norm(grouped(param, group_by), dim=1)
-    return norms
-
-
 def l1_norm(params: Sequence[Tensor]) -> Tensor:
     """``sum(|w|)`` over all ``params``, differentiable, accumulated in parameter order.
 
@@ -76,15 +62,6 @@ def squared_norm(params: Sequence[Tensor]) -> Tensor:
     tensor(14.)
     """
     return sum_in_order(global_value(torch.sum(param * param)) for param in params)
-
-
-def group_l1_norm(params: Sequence[Tensor], group_by: str) -> Tensor:
-    """``sum_g ||w_g||_2`` over the groups of all ``params``, differentiable.
-
-    >>> group_l1_norm([torch.tensor([[3.0, 4.0], [0.0, 0.0]])], "rows")
-    tensor(5.)
-    """
-    return sum_in_order(global_value(group_norms(param, group_by).sum()) for param in params)
 
 
 @torch.no_grad()
@@ -202,74 +179,36 @@ def _entries(per_group: Tensor, like: Tensor, group_by: str, dtype: torch.dtype)
     return piece_of(per_group.to(dtype).reshape(shape).expand(like.shape), like)
 
 
-def weight_statistics(params: Sequence[Tensor], near_zero_tol: float, group_by: str = "rows") -> Tensor:
-    """One row per parameter: ``sum|w|``, ``sum w^2``, count of ``w == 0``, count of ``|w| < tol``,
-    ``sum_g ||w_g||`` and the count of groups that are entirely ``0`` (groups along ``group_by``).
+def weight_statistics(params: Sequence[Tensor], near_zero_tol: float) -> Tensor:
+    """One row per parameter: ``sum|w|``, ``sum w^2``, count of ``w == 0`` and of ``|w| < tol``.
 
     Computed without autograd and accumulated in float64 (float32 on devices without float64), so
     that the sums of large models stay exact to float32 precision. Every column is a sum over entries,
-    so tables from shards of one tensor combine by addition.
+    so tables from shards of one tensor combine by addition. The groups' statistics are
+    :func:`~lightning_reg.couplings.coupled_statistics`, rows and columns being one-member couplings.
 
     >>> weight_statistics([torch.tensor([[0.0, -2.0, 1e-4]])], near_zero_tol=1e-3)
-    tensor([[2.0001, 4.0000, 1.0000, 2.0000, 2.0000, 0.0000]], dtype=torch.float64)
+    tensor([[2.0001, 4.0000, 1.0000, 2.0000]], dtype=torch.float64)
     """
     if not params:
         return torch.zeros((0, len(STATISTICS_COLUMNS)), dtype=torch.float64)
     device = params[0].device
     dtype = torch.float32 if device.type == "mps" else torch.float64
     with torch.no_grad():
-        rows = [
-            _sharded_statistics(param.detach(), near_zero_tol, _group_by_of(param, group_by), dtype)
-            if is_sharded(param)
-            else _statistics(
-                _at_least_1d(param.detach()), near_zero_tol, _group_by_of(param, group_by), dtype
-            )
-            for param in params
-        ]
-        return torch.stack(rows)
+        return torch.stack([_statistics(param.detach(), near_zero_tol, dtype) for param in params])
 
 
-def _group_by_of(param: Tensor, group_by: str) -> str:
-    """``group_by``, except for a parameter with fewer than two dims: its groups are its entries (rows)."""
-    return group_by if param.dim() >= 2 else "rows"
-
-
-def _at_least_1d(values: Tensor) -> Tensor:
-    return values.reshape(1) if values.dim() == 0 else values
-
-
-def _statistics(values: Tensor, near_zero_tol: float, group_by: str, dtype: torch.dtype) -> Tensor:
-    """One row of :func:`weight_statistics` for a plain tensor, in as few passes as it takes."""
-    magnitude = values.abs()
-    if group_by == "rows":
-        norms = torch.linalg.vector_norm(values.reshape(values.shape[0], -1), dim=1, dtype=dtype)
-    else:
-        blocks = values.reshape(values.shape[0], values.shape[1], -1)
-        norms = torch.linalg.vector_norm(blocks, dim=(0, 2), dtype=dtype)
-    return torch.stack(
-        (
-            magnitude.sum(dtype=dtype),
-            norms.square().sum(),
-            (values.numel() - torch.count_nonzero(values)).to(dtype),
-            (magnitude < near_zero_tol).sum().to(dtype),
-            norms.sum(),
-            (norms == 0).sum().to(dtype),
-        )
-    )
-
-
-def _sharded_statistics(param: Tensor, near_zero_tol: float, group_by: str, dtype: torch.dtype) -> Tensor:
-    """One row of :func:`weight_statistics` for a ``DTensor``: local sums added over its shards."""
+def _statistics(param: Tensor, near_zero_tol: float, dtype: torch.dtype) -> Tensor:
+    """One row of :func:`weight_statistics`: of this process's piece, added over the pieces of a
+    ``DTensor``."""
     values = local(param)
     magnitude = values.abs()
     sums = torch.stack(
         (
             magnitude.sum(dtype=dtype),
             torch.linalg.vector_norm(values, dtype=dtype).square(),
-            (values == 0).sum().to(dtype),
+            (values.numel() - torch.count_nonzero(values)).to(dtype),
             (magnitude < near_zero_tol).sum().to(dtype),
         )
     )
-    norms = group_squares(param, group_by, dtype).sqrt()
-    group_sums = torch.stack((norms.sum(), (norms == 0).sum().to(dtype)))
-    return torch.cat((sum_over_shards(sums, param), group_sums))
+    return sum_over_shards(sums, param)

@@ -25,12 +25,13 @@ from lightning_reg.options import (
     document_options,
 )
 from lightning_reg.param_groups import check_no_own_decay, decay_groups, split_optimizer, unwrapped
-from lightning_reg.penalties import group_l1_norm, l1_norm, squared_norm
+from lightning_reg.penalties import l1_norm, squared_norm
 from lightning_reg.selection import (
     Selection,
     Strengths,
     couple,
     select_parameters,
+    units_by_strength,
     units_of,
     warn_unmatched,
 )
@@ -263,13 +264,10 @@ class Regularizer:
         """The loss-mode group and L2 terms of ``params``, per strength; the group terms of the coupled
         units with a member among ``coupled`` (``params`` unless given)."""
         options, terms = self.options, []
-        if options.l1_mode == "loss" and self._has_group_l1 and options.group_by == "channels":
+        if options.l1_mode == "loss" and self._has_group_l1:
             touching = params if coupled is None else coupled
-            for strength, couplings in self.selection.couplings_by_strength(touching):
-                terms.append(strength * coupled_l1_norm(couplings))
-        elif options.l1_mode == "loss" and self._has_group_l1:
-            for strength, same in self.selection.by_strength(params, "group_l1"):
-                terms.append(strength * group_l1_norm(same, options.group_by))
+            for strength, units in units_by_strength(self._proximal.units, touching):
+                terms.append(strength * coupled_l1_norm(units))
         if options.l2_mode == "loss" and self._has_l2:
             for strength, same in self.selection.by_strength(params, "l2"):
                 terms.append(strength / 2 * squared_norm(same))

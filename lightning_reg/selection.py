@@ -106,12 +106,7 @@ class Selection:
 
     def couplings_by_strength(self, params: Iterable[Tensor]) -> list[tuple[float, list[Coupling]]]:
         """The regularized :attr:`couplings` with a member among ``params``, grouped by ``group_l1 > 0``."""
-        ids = {id(param) for param in params}
-        groups: dict[float, list[Coupling]] = {}
-        for coupling, strength in zip(self.couplings, self.coupling_strengths, strict=True):
-            if strength > 0 and any(id(member.param) in ids for member in coupling.members):
-                groups.setdefault(strength, []).append(coupling)
-        return list(groups.items())
+        return units_by_strength(zip(self.couplings, self.coupling_strengths, strict=True), params)
 
 
 def select_parameters(
@@ -273,6 +268,24 @@ def _no_weight_decay_names(model: nn.Module) -> frozenset[str]:
     if not callable(declared):
         return frozenset()
     return frozenset(str(name) for name in declared())
+
+
+def units_by_strength(
+    units: Iterable[tuple[Coupling, float]], params: Iterable[Tensor]
+) -> list[tuple[float, list[Coupling]]]:
+    """The ``units`` with a member among ``params``, grouped by their strength (``> 0``), in order.
+
+    >>> import torch
+    >>> w = nn.Parameter(torch.ones(2, 2))
+    >>> [(s, [u.name for u in us]) for s, us in units_by_strength([(Coupling.along("w", w, 0), 0.5)], [w])]
+    [(0.5, ['w'])]
+    """
+    ids = {id(param) for param in params}
+    groups: dict[float, list[Coupling]] = {}
+    for unit, strength in units:
+        if strength > 0 and any(id(member.param) in ids for member in unit.members):
+            groups.setdefault(strength, []).append(unit)
+    return list(groups.items())
 
 
 def units_of(selection: Selection, group_by: str) -> list[tuple[Coupling, float]]:

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from lightning_reg.couplings import coupled_statistics
+from lightning_reg.couplings import Coupling, coupled_statistics
 from lightning_reg.options import RegularizationOptions
-from lightning_reg.penalties import group_count, weight_statistics
+from lightning_reg.penalties import weight_statistics
 from lightning_reg.selection import Selection, Strengths
 
 #: Default threshold below which a weight counts as "near zero" in the statistics.
@@ -107,24 +107,20 @@ def statistics_of(
     params = [param for _, param in selection.regularized]
     module_wide = Strengths(options.l1, options.l2, options.group_l1)
     own, ramp = selection.strengths, options.l1_ramp(step)
-    coupled = options.group_by == "channels"
-    table = weight_statistics(params, near_zero_tol, "rows" if coupled else options.group_by)
-    if coupled:
-        dtype = table.dtype
-        units = tuple(coupling.name for coupling in selection.couplings)
-        groups = tuple(coupling.count for coupling in selection.couplings)
-        unit_table = coupled_statistics(selection.couplings, dtype).to(table.device)
-        unit_strengths: tuple[float, ...] = selection.coupling_strengths
-    else:
-        units, groups = names, tuple(group_count(param, options.group_by) for param in params)
-        unit_table, unit_strengths = table[:, 4:], tuple(strength.group_l1 for strength in own)
+    table = weight_statistics(params, near_zero_tol)
+    if options.group_by == "channels":
+        couplings, unit_strengths = selection.couplings, selection.coupling_strengths
+    else:  # each weight's rows or columns (a parameter with fewer than two dims: its entries)
+        axis = 0 if options.group_by == "rows" else 1
+        couplings = tuple(_own_groups(name, param, axis) for name, param in selection.regularized)
+        unit_strengths = tuple(strength.group_l1 for strength in own)
     return WeightStatistics(
         names=names,
         numels=tuple(param.numel() for param in params),
-        table=table[:, :4],
-        units=units,
-        groups=groups,
-        unit_table=unit_table,
+        table=table,
+        units=tuple(coupling.name for coupling in couplings),
+        groups=tuple(coupling.count for coupling in couplings),
+        unit_table=coupled_statistics(couplings, table.dtype).to(table.device),
         l1=options.l1_at(step),
         l2=options.l2,
         group_l1=options.group_l1,
@@ -135,3 +131,10 @@ def statistics_of(
         if all(strength == options.group_l1 for strength in unit_strengths)
         else unit_strengths,
     )
+
+
+def _own_groups(name: str, param: Tensor, axis: int) -> Coupling:
+    """``param``'s groups along ``axis``; with fewer than two dims, its entries."""
+    if param.dim() == 0:
+        param = param.detach().reshape(1)
+    return Coupling.along(name, param, axis if param.dim() >= 2 else 0)
