@@ -63,8 +63,7 @@ class _Chunked:
     entries: Tensor
     steps: Tensor
     duals: Tensor | None
-    first: Tensor | None
-    later: Tensor | None
+    signed: Tensor | None  # later - first: +1 where a pull is given back, -1 where one is taken out
     shared: Tensor | None  # later > 0, as booleans
     outside: Tensor | None  # later == 0, as booleans
     l1: Tensor | None
@@ -127,8 +126,7 @@ class GroupProx:
                 entries=entries.view(-1, CHUNK),
                 steps=steps.view(-1, CHUNK),
                 duals=None if duals is None else duals.view(-1, CHUNK),
-                first=None if colour.first is None else colour.first.view(-1, CHUNK),
-                later=None if colour.later is None else colour.later.view(-1, CHUNK),
+                signed=_signed(colour),
                 shared=None if colour.later is None else (colour.later > 0).view(-1, CHUNK),
                 outside=None if colour.later is None else (colour.later == 0).view(-1, CHUNK),
                 l1=None if colour.l1 is None else colour.l1.view(-1, CHUNK),
@@ -189,14 +187,12 @@ class GroupProx:
             states = [self._dual_state(optimizer, colour.params[i]) for i in self._dual_places[index]]
             places = [colour.placements[i] for i in self._dual_places[index]]
             group_layout.gather_into(places, states, self._dual_views[index])
-        if views.first is not None and views.duals is not None:  # the later units' pull, taken out
-            rows.sub_(torch.mul(views.duals, views.first, out=work[0]).mul_(step_of))
         alive = None
-        if views.later is not None and views.outside is not None and views.duals is not None:
-            # this colour's own pull, given back; 0 on the entries an earlier unit zeroed: they stay zero
-            # in the weights (below)
+        if views.outside is not None:  # 0 on the entries an earlier unit zeroed: they stay 0 (below)
             alive = torch.ne(rows, 0, out=views.alive).logical_or_(views.outside)
-            rows.add_(torch.mul(views.duals, views.later, out=work[0]).mul_(step_of))
+        if views.signed is not None and views.duals is not None:
+            # the later units' pull taken out (first - 1), this colour's own given back (+1), in one pass
+            rows.add_(torch.mul(views.duals, views.signed, out=work[0]).mul_(step_of))
         if views.l1 is not None and ramp > 0:
             threshold = torch.mul(views.l1, ramp, out=work[0]).mul_(step_of)
             rows.sub_(torch.clamp(rows, min=-threshold, max=threshold, out=work[1]))
@@ -213,7 +209,7 @@ class GroupProx:
         if before is not None:  # bit for bit what it was (steps of 0 are not quite the identity in rounding)
             torch.where(torch.as_tensor(taken) > 0, rows, before, out=rows)
         group_layout.scatter_from(colour.placements, self._entry_views[index], colour.params)
-        if duals is not None and views.later is not None:
+        if duals is not None and views.shared is not None:
             states = [self._dual_state(optimizer, colour.params[i]) for i in self._dual_places[index]]
             places = [colour.placements[i] for i in self._dual_places[index]]
             group_layout.scatter_from(places, self._dual_views[index], states)
@@ -319,12 +315,13 @@ class GroupProx:
         strengths = self._chunk_strengths[index]
         torch.mul(steps, strengths, out=pulls).clamp_min_(self._floor)  # strength * s_i
         zero = self._squared_norms(colour, torch.div(rows, pulls, out=scratch), scratch) <= 1
-        squares = self._squared_norms(colour, rows, scratch)
-        # Jensen: the root is at least ||x|| - sum_i x_i^2 * strength * s_i / ||x||^2.
-        pulled = self._row_sums(colour, torch.mul(rows, rows, out=terms).mul_(pulls))
-        bound = (squares.sqrt() - pulled / squares.clamp_min(tiny)).clamp_min_(0)
         warm = self._warm(optimizer, colour)
-        root = bound if warm is None else torch.maximum(warm, bound)
+        if warm is None:  # Jensen: the root is at least ||x|| - sum_i x_i^2 * strength * s_i / ||x||^2
+            squares = self._squared_norms(colour, rows, scratch)
+            pulled = self._row_sums(colour, torch.mul(rows, rows, out=terms).mul_(pulls))
+            root = (squares.sqrt() - pulled / squares.clamp_min(tiny)).clamp_min_(0)
+        else:  # from above, Newton lands below the root (the function is concave), then rises to it
+            root = warm
         check = rows.device.type in CHECKED_DEVICES
         tolerance = 8 * torch.finfo(self.dtype).eps
         for _ in range(CHECKED_NEWTON_LIMIT if check else NEWTON_STEPS):
@@ -332,9 +329,9 @@ class GroupProx:
             squared = torch.div(rows, shifted, out=terms).square_()  # (x_i / (nu + strength * s_i))^2
             total = self._row_sums(colour, squared)
             slope = self._row_sums(colour, squared.div_(shifted))
-            # nu <- nu - (total^(-1/2) - 1) / (total^(-3/2) * slope), never below the bound
+            # nu <- nu - (total^(-1/2) - 1) / (total^(-3/2) * slope), never below 0
             move = (total.pow(1.5) - total) / slope.clamp_min(tiny)
-            root = torch.maximum(root + move, bound)
+            root = (root + move).clamp_min_(0)
             if check and bool(((move.abs() <= tolerance * root) | zero).all()):
                 break
         root = root.masked_fill_(zero, 0.0)
@@ -374,6 +371,19 @@ class GroupProx:
                 state[key] = torch.zeros(unit.count, dtype=root.dtype, device=param.device)
             targets.append(state[key])
         torch._foreach_copy_(targets, list(pieces))
+
+
+def _signed(colour: Colour) -> Tensor | None:
+    """``later - first`` as a ``(chunks, CHUNK)`` view, or ``None`` where no unit of the colour crosses."""
+    masks = [mask for mask in (colour.later, colour.first) if mask is not None]
+    if not masks:
+        return None
+    signed = torch.zeros_like(masks[0])
+    if colour.later is not None:
+        signed.add_(colour.later)
+    if colour.first is not None:
+        signed.sub_(colour.first)
+    return signed.view(-1, CHUNK)
 
 
 def _norms_key(unit: Coupling) -> str:
