@@ -89,11 +89,11 @@ class Colour:
         strengths: the strength of each row's unit, one per row (float64).
         chunk_rows: for each chunk of the buffer, its row.
         row_chunks: for each row, how many chunks it spans.
-        first: ``1`` on the entries of this colour that belong to a unit of a later colour too (the dual
-            state of that unit is taken out of them before this colour's step), else ``0``; ``None``
-            when there are none.
-        later: ``1`` on the entries that belong to a unit of an earlier colour too (this colour's dual
-            is kept for them), else ``0``; ``None`` when there are none.
+        first: ``True`` on the entries of this colour that belong to a unit of a later colour too (the
+            dual state of that unit is taken out of them before this colour's step); ``None`` when
+            there are none.
+        later: ``True`` on the entries that belong to a unit of an earlier colour too (this colour's
+            dual is kept for them); ``None`` when there are none.
         l1: the L1 strength of the entries whose first colour this is (each entry's L1 term goes with
             its first unit), ``0`` elsewhere; ``None`` when no entry has one.
     """
@@ -261,8 +261,9 @@ def _lay_out(
     for name, values in masks.items():
         gathered[name] = None
         if any(bool(mask.any()) for mask in values):
-            buffer = torch.zeros(offset, dtype=dtype, device=device)
-            gather_into(placements, [mask.to(dtype) for mask in values], views(colour_of, buffer))
+            kind = dtype if name == "l1" else torch.bool  # the strengths, or where a unit crosses
+            buffer = torch.zeros(offset, dtype=kind, device=device)
+            gather_into(placements, [mask.to(kind) for mask in values], views(colour_of, buffer))
             gathered[name] = buffer
     return dataclasses.replace(colour_of, first=gathered["first"], later=gathered["later"], l1=gathered["l1"])
 

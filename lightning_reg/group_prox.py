@@ -63,9 +63,9 @@ class _Chunked:
     entries: Tensor
     steps: Tensor
     duals: Tensor | None
-    signed: Tensor | None  # later - first: +1 where a pull is given back, -1 where one is taken out
-    shared: Tensor | None  # later > 0, as booleans
-    outside: Tensor | None  # later == 0, as booleans
+    signed: Tensor | None  # later - first (int8): +1 where a pull is given back, -1 where one is taken out
+    shared: Tensor | None  # later
+    outside: Tensor | None  # not later
     l1: Tensor | None
     work: list[Tensor]
     alive: Tensor
@@ -94,15 +94,17 @@ class GroupProx:
         self._work = [torch.empty(size, dtype=dtype, device=device) for _ in range(4)]
         self._alive = torch.empty(size, dtype=torch.bool, device=device)
         self._before: Tensor | None = None  # the input of a fused step that may be skipped
-        self._entries = [torch.zeros(colour.size, dtype=dtype, device=device) for colour in colours]
-        self._steps = [torch.ones(colour.size, dtype=dtype, device=device) for colour in colours]
+        # the colours run one after the other: they share their entries', steps' and duals' buffers
+        entries, steps, duals = (torch.zeros(size, dtype=dtype, device=device) for _ in range(3))
+        self._entries = [entries[: colour.size] for colour in colours]
+        self._steps = [steps[: colour.size] for colour in colours]
         crossing = {id(param) for param in layout.crossing}
         self._duals = [
-            torch.zeros(colour.size, dtype=dtype, device=device)
-            if colour.first is not None or colour.later is not None
-            else None
+            duals[: colour.size] if colour.first is not None or colour.later is not None else None
             for colour in colours
         ]
+        # the padding of each colour's rows, zeroed after each gather (another colour wrote there)
+        self._padding = [_padding(colour) for colour in colours]
         self._entry_views = [group_layout.views(c, b) for c, b in zip(colours, self._entries, strict=True)]
         self._step_views = [group_layout.views(c, b) for c, b in zip(colours, self._steps, strict=True)]
         self._dual_places = [
@@ -127,8 +129,8 @@ class GroupProx:
                 steps=steps.view(-1, CHUNK),
                 duals=None if duals is None else duals.view(-1, CHUNK),
                 signed=_signed(colour),
-                shared=None if colour.later is None else (colour.later > 0).view(-1, CHUNK),
-                outside=None if colour.later is None else (colour.later == 0).view(-1, CHUNK),
+                shared=None if colour.later is None else colour.later.view(-1, CHUNK),
+                outside=None if colour.later is None else colour.later.logical_not().view(-1, CHUNK),
                 l1=None if colour.l1 is None else colour.l1.view(-1, CHUNK),
                 work=[buffer[: colour.size].view(-1, CHUNK) for buffer in self._work],
                 alive=self._alive[: colour.size].view(-1, CHUNK),
@@ -170,6 +172,8 @@ class GroupProx:
         views, duals = self._chunked[index], self._duals[index]
         rows, work = views.entries, views.work
         group_layout.gather_into(colour.placements, colour.params, self._entry_views[index])
+        if (padding := self._padding[index]) is not None:
+            self._entries[index].index_fill_(0, padding, 0)
         before = None  # a fused step that may have been skipped: its input, kept
         if isinstance(taken, Tensor):
             if self._before is None:
@@ -373,16 +377,25 @@ class GroupProx:
         torch._foreach_copy_(targets, list(pieces))
 
 
+def _padding(colour: Colour) -> Tensor | None:
+    """The positions of ``colour``'s buffer that no member fills, or ``None`` where there are none."""
+    covered = torch.zeros(colour.size, dtype=torch.bool, device=colour.strengths.device)
+    ones = [torch.ones_like(param, dtype=torch.bool) for param in colour.params]
+    group_layout.gather_into(colour.placements, ones, group_layout.views(colour, covered))
+    padding = covered.logical_not().nonzero().squeeze(1)
+    return padding if padding.numel() else None
+
+
 def _signed(colour: Colour) -> Tensor | None:
     """``later - first`` as a ``(chunks, CHUNK)`` view, or ``None`` where no unit of the colour crosses."""
     masks = [mask for mask in (colour.later, colour.first) if mask is not None]
     if not masks:
         return None
-    signed = torch.zeros_like(masks[0])
+    signed = torch.zeros(masks[0].shape, dtype=torch.int8, device=masks[0].device)
     if colour.later is not None:
         signed.add_(colour.later)
     if colour.first is not None:
-        signed.sub_(colour.first)
+        signed.sub_(colour.first.to(torch.int8))
     return signed.view(-1, CHUNK)
 
 
