@@ -31,7 +31,7 @@ step runs once per colour (:mod:`~lightning_reg.group_layout`), whatever the num
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -81,8 +81,18 @@ class GroupProx:
     a fifth with fused optimizers (the input, kept in case the step was skipped).
     """
 
-    def __init__(self, layout: GroupLayout) -> None:
+    def __init__(
+        self,
+        layout: GroupLayout,
+        reduce: Callable[[Tensor], None] | None = None,
+        own_state: bool = False,
+    ) -> None:
+        """``reduce`` adds up, in place, each channel's sums over the processes holding parts of it (a
+        sharded weight's pieces); ``own_state`` keeps the roots in the engine rather than in the
+        optimizer's state (pieces of sharded weights are not keys of it)."""
         self.layout = layout
+        self._reduce = reduce
+        self._own: dict[int, dict[str, Tensor]] | None = {} if own_state else None
         colours = layout.colours
         device = colours[0].placements[0].member.param.device if colours else torch.device("cpu")
         self.device, self.dtype = device, layout.dtype
@@ -270,7 +280,10 @@ class GroupProx:
         """Each row's sum of the entries of ``chunks`` (``(chunks, CHUNK)``), in ``sum_dtype``: a sum per
         chunk, then one segmented sum of the chunks of each row (they are consecutive)."""
         partial = chunks.sum(1, dtype=self.sum_dtype)
-        return torch.segment_reduce(partial, "sum", lengths=colour.row_chunks)
+        sums = torch.segment_reduce(partial, "sum", lengths=colour.row_chunks)
+        if self._reduce is not None:
+            self._reduce(sums)
+        return sums
 
     def _squared_norms(self, colour: Colour, rows: Tensor, scratch: Tensor) -> Tensor:
         """Each row's ``||x||^2`` (``scratch`` is overwritten)."""
@@ -351,12 +364,18 @@ class GroupProx:
             torch.where(keep, terms, duals, out=duals)
         rows.mul_(torch.div(root_of, shifted, out=shifted))  # nu / (nu + pull): exactly 1 for a 0 step
 
+    def _state(self, optimizer: Optimizer, param: Tensor) -> dict[str, Tensor]:
+        state: dict[str, Tensor] = (
+            optimizer.state[param] if self._own is None else self._own.setdefault(id(param), {})
+        )
+        return state
+
     def _warm(self, optimizer: Optimizer, colour: Colour) -> Tensor | None:
         """The colour's channel norms of the last step, from the optimizer's state (``None``: none yet)."""
         stored = []
         for unit_index in colour.units:
             unit = self.layout.units[unit_index]
-            norms = optimizer.state[unit.members[0].param].get(_norms_key(unit))
+            norms = self._state(optimizer, unit.members[0].param).get(_norms_key(unit))
             if norms is None or norms.shape != (unit.count,):
                 return None
             stored.append(norms)
@@ -370,7 +389,7 @@ class GroupProx:
         for unit in units:
             param = unit.members[0].param
             key = _norms_key(unit)
-            state = optimizer.state[param]
+            state = self._state(optimizer, param)
             if key not in state or state[key].shape != (unit.count,):
                 state[key] = torch.zeros(unit.count, dtype=root.dtype, device=param.device)
             targets.append(state[key])

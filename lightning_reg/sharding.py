@@ -8,9 +8,10 @@ pass through unchanged, and nothing here runs a collective for them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-import torch
+import torch.distributed as dist
 from torch import Tensor
 
 try:  # torch >= 2.4; earlier releases keep DTensor private
@@ -47,55 +48,33 @@ def sum_over_shards(values: Tensor, like: Tensor) -> Tensor:
     return summed
 
 
-def group_squares(param: Tensor, group_by: str, dtype: torch.dtype | None = None) -> Tensor:
-    """``sum(w_g**2)`` for every group ``g`` of ``param`` (rows: dim 0, columns: dim 1), over all pieces.
-
-    Not differentiable for sharded parameters (it reads their pieces); used for statistics and the
-    proximal step, which run without autograd.
-    """
-    piece = local(param)
-    piece = piece if dtype is None else piece.to(dtype)
-    return group_sums(piece.square(), param, group_by)
-
-
-def group_sums(values: Tensor, like: Tensor, group_by: str, dtype: torch.dtype | None = None) -> Tensor:
-    """The sum of ``values`` over every group ``g`` of ``like``, over all pieces: one entry per group.
-
-    ``values`` is shaped like this process's piece of ``like`` (``like`` itself when it is not sharded),
-    one value per entry; the sums are accumulated in ``dtype`` (default: that of ``values``).
-    """
-    axis = 0 if group_by == "rows" else 1
-    other_dims = [dim for dim in range(values.dim()) if dim != axis]
-    sums = values.sum(dim=other_dims, dtype=dtype) if other_dims else values.to(dtype or values.dtype)
-    if not is_sharded(like):
-        return sums
-    placements: list[Any] = []
-    for placement in like.placements:  # type: ignore[attr-defined]
-        if isinstance(placement, Shard) and placement.dim == axis:
-            placements.append(Shard(0))  # this process holds whole groups, a slice of them
-        elif isinstance(placement, Shard):
-            placements.append(Partial())  # every process holds part of every group
-        else:
-            placements.append(Replicate())
-    count = like.shape[axis]
-    mesh = like.device_mesh  # type: ignore[attr-defined]
-    spread = DTensor.from_local(sums, mesh, placements, shape=torch.Size([count]), stride=(1,))
-    full: Tensor = spread.full_tensor()
-    return full
-
-
-def piece_of(full: Tensor, like: Tensor) -> Tensor:
-    """This process's piece of ``full`` (the same on every process), cut as ``like`` is cut."""
-    if not is_sharded(like):
-        return full
-    mesh = like.device_mesh  # type: ignore[attr-defined]
-    replicated = DTensor.from_local(full, mesh, [Replicate()] * mesh.ndim)
-    piece: Tensor = replicated.redistribute(mesh, like.placements).to_local()  # type: ignore[attr-defined]
-    return piece
-
-
 def add_(target: Tensor, value: Tensor) -> None:
     """``target += value`` in place, ``value`` brought to ``target``'s placement first if sharded."""
     if is_sharded(value):
         value = value.redistribute(target.device_mesh, target.placements)  # type: ignore[attr-defined]
     local(target).add_(local(value))
+
+
+def split_over(param: Tensor, axis: int) -> tuple[Any, ...]:
+    """The process groups over which each slice of ``param`` along ``axis`` is split: those of the mesh
+    dimensions sharding it along another dim (empty when each process holds whole slices)."""
+    if not is_sharded(param):
+        return ()
+    mesh = param.device_mesh  # type: ignore[attr-defined]
+    return tuple(
+        mesh.get_group(dim)
+        for dim, placement in enumerate(param.placements)  # type: ignore[attr-defined]
+        if isinstance(placement, Shard) and placement.dim != axis
+    )
+
+
+def all_reduce_over(groups: tuple[Any, ...]) -> Callable[[Tensor], None] | None:
+    """In place, the sum over ``groups`` of a tensor of per-slice sums (``None``: no groups)."""
+    if not groups:
+        return None
+
+    def reduce(values: Tensor) -> None:
+        for group in groups:
+            dist.all_reduce(values, group=group)
+
+    return reduce

@@ -23,9 +23,8 @@ from lightning_reg import group_layout, kernels, step_hooks, step_sizes
 from lightning_reg.couplings import Coupling
 from lightning_reg.group_prox import GroupProx
 from lightning_reg.options import ProximalThreshold
-from lightning_reg.penalties import group_shrink_, group_shrink_scaled_
 from lightning_reg.selection import Selection
-from lightning_reg.sharding import is_sharded, local
+from lightning_reg.sharding import all_reduce_over, is_sharded, local, split_over
 
 
 def in_optimizer(
@@ -66,6 +65,9 @@ class ProximalStep:
         self._engines: weakref.WeakKeyDictionary[Optimizer, dict[tuple[int, ...], GroupProx]] = (
             weakref.WeakKeyDictionary()
         )
+        self._sharded: weakref.WeakKeyDictionary[
+            Optimizer, dict[tuple[Any, ...], tuple[GroupProx, dict[int, Tensor]]]
+        ] = weakref.WeakKeyDictionary()
 
     def prepare(self, optimizer: Optimizer) -> None:
         """Lay out, before training, the units ``optimizer`` holds whole: the steps then only run the math."""
@@ -109,13 +111,6 @@ class ProximalStep:
             if id(param) not in members and selection.strength_of(param).l1 > 0
         ]
         stepped = list(members.values()) + alone
-        # a sharded unit's L1 goes first, as its own term (its rows or columns then hold whole entries)
-        alone += [
-            param
-            for index in sharded
-            for param in units[index][0].parameters
-            if selection.strength_of(param).l1 > 0
-        ]
         if not stepped:
             return
         groups = [holder[id(param)] for param in stepped]
@@ -125,17 +120,59 @@ class ProximalStep:
             steps = [float(group["lr"]) for group in groups]
         by_param = dict(zip((id(param) for param in stepped), steps, strict=True))
         _soft_threshold_alone(selection, alone, by_param, ramp, taken)
-        for index in sharded:  # a sharded weight's rows or columns: its pieces, sums over the mesh
-            unit, strength = units[index]
-            param, axis = unit.members[0].param, unit.members[0].axis
-            step = by_param[id(param)]
-            step = step if isinstance(taken, float) else step * taken
-            if isinstance(step, Tensor):
-                group_shrink_scaled_(param, strength, local(step), "rows" if axis == 0 else "columns")
-            else:
-                group_shrink_(param, step * strength, "rows" if axis == 0 else "columns")
         if active:
             self._engine(optimizer, active).step(optimizer, by_param, ramp, taken)
+        if sharded:
+            self._sharded_step(optimizer, sharded, by_param, ramp, taken)
+
+    def _sharded_step(
+        self,
+        optimizer: Optimizer,
+        indices: Sequence[int],
+        steps: dict[int, float | Tensor],
+        ramp: float,
+        taken: float | Tensor,
+    ) -> None:
+        """Sharded weights' rows or columns (one-member units): the engine on this process's pieces,
+        each channel's sums added up over the processes holding parts of it."""
+        by_groups: dict[tuple[int, ...], list[int]] = {}
+        for index in indices:
+            member = self.units[index][0].members[0]
+            groups = split_over(member.param, member.axis)
+            by_groups.setdefault(tuple(id(group) for group in groups), []).append(index)
+        for chosen in by_groups.values():
+            engine, pieces = self._sharded_engine(optimizer, chosen)
+            local_steps = {
+                id(piece): local(step) if isinstance(step := steps[key], Tensor) else step
+                for key, piece in pieces.items()
+            }
+            engine.step(optimizer, local_steps, ramp, taken)
+
+    def _sharded_engine(
+        self, optimizer: Optimizer, chosen: Sequence[int]
+    ) -> tuple[GroupProx, dict[int, Tensor]]:
+        """The engine of sharded units ``chosen``, on the pieces each parameter has here (made again
+        should a parameter's piece change), and those pieces by the parameter's ``id``."""
+        pieces = {id(p): local(p) for index in chosen for p in self.units[index][0].parameters}
+        key = ("sharded", *chosen)
+        cached = self._sharded.setdefault(optimizer, {}).get(key)
+        if cached is not None and all(_same_piece(cached[1][k], piece) for k, piece in pieces.items()):
+            return cached
+        units, strengths, l1 = [], [], {}
+        for index in chosen:
+            unit, strength = self.units[index]
+            member = unit.members[0]
+            piece = pieces[id(member.param)]
+            if piece.shape[member.axis] == 0:
+                continue  # no channel here (and nothing to add up with other processes)
+            units.append(Coupling.along(member.name, piece, member.axis))
+            strengths.append(strength)
+            l1[id(piece)] = self.selection.strength_of(member.param).l1
+        member = self.units[chosen[0]][0].members[0]
+        reduce = all_reduce_over(split_over(member.param, member.axis))
+        engine = GroupProx(group_layout.build(units, strengths, l1), reduce=reduce, own_state=True)
+        self._sharded[optimizer][key] = (engine, pieces)
+        return engine, pieces
 
     def _engine(self, optimizer: Optimizer, active: Sequence[int]) -> GroupProx:
         """The :class:`GroupProx` of the ``active`` indices of the units, made once per optimizer."""
@@ -155,6 +192,13 @@ class ProximalStep:
             layout = group_layout.build([unit for unit, _ in chosen], strengths, l1)
             engine = engines[key] = GroupProx(layout)
         return engine
+
+
+def _same_piece(kept: Tensor, piece: Tensor) -> bool:
+    """Whether ``kept`` still is this process's piece: the same memory, shape and strides."""
+    return (
+        kept.data_ptr() == piece.data_ptr() and kept.shape == piece.shape and kept.stride() == piece.stride()
+    )
 
 
 def _soft_threshold_alone(

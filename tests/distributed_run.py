@@ -32,6 +32,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "group_proximal": {"group_l1": 2.0, "group_by": "columns", "l1_mode": "proximal"},
     # Adam's per-entry threshold: FSDP2 shards the weights and Adam's exp_avg_sq alike (DTensors)
     "adam_proximal": {"adam": True, "l1": 0.1, "l1_mode": "proximal"},
+    # the group step in Adam's metric on FSDP2's pieces: each column's sums added up over the ranks
+    "adam_group_proximal": {"adam": True, "group_l1": 1.0, "group_by": "columns", "l1_mode": "proximal"},
 }
 #: group_by="channels", DDP only (FSDP2's DTensor shards are refused: coupled groups need whole tensors),
 #: on architectures.bn_mlp: one unit of 16 channels, each a Linear row and bias, a BatchNorm scale and

@@ -20,6 +20,7 @@ from architectures import (
     channel_norms,
     dead,
     group_term,
+    metric_prox,
     metric_prox_,
     params_of,
 )
@@ -102,7 +103,12 @@ def one_process_reference(options: dict[str, Any]) -> nn.Module:
             for w in weights if proximal else []:
                 threshold = adam_threshold(optimizer, w, l1) if adam else LR * l1
                 w.copy_(torch.sign(w) * torch.clamp(w.abs() - threshold, min=0))
-                if group_l1 > 0:
+                if group_l1 > 0 and adam:  # each column in Adam's metric, by bisection
+                    steps = adam_threshold(optimizer, w, 1.0).double().numpy()
+                    for c in range(w.shape[1]):
+                        z = w[:, c].double().numpy()
+                        w[:, c] = torch.from_numpy(metric_prox(z, steps[:, c], group_l1)).to(w.dtype)
+                elif group_l1 > 0:
                     w.mul_(torch.clamp(1 - LR * group_l1 / group_norms(w), min=0))
     return net
 
@@ -116,7 +122,7 @@ def test_matches_one_process_on_the_union_of_batches(results: Path, name: str) -
     if name in ("proximal", "adam_proximal"):
         assert (trained["0.weight"] == 0).any(), "the proximal run must have exact zeros"
         assert torch.equal(trained["0.weight"] == 0, expected.state_dict()["0.weight"] == 0)
-    if name == "group_proximal":
+    if name in ("group_proximal", "adam_group_proximal"):
         dead = (trained["0.weight"] == 0).all(dim=0).sum() + (trained["3.weight"] == 0).all(dim=0).sum()
         assert 0 < dead < 5 + 16, "the group run must have dead and live input units"
 
