@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from lightning_reg.eager import always_eager
 from lightning_reg.options import (
     GroupBy,
     L1Mode,
@@ -49,6 +50,10 @@ class _Hook(NamedTuple):
     finish: Callable[[RegularizedModule, Any], Any]
 
 
+# The mixin's work around the user's hooks is always eager, also in a compiled module: it reads the
+# Trainer's step count and the regularizer's Python-side caches, on which Dynamo would guard and
+# recompile at every step.
+@always_eager
 def _begin_training_step(module: RegularizedModule) -> contextlib.AbstractContextManager[Any]:
     """The step index, the part of the penalty that reads every weight, and the activity capture."""
     regularizer = module.regularizer
@@ -59,6 +64,7 @@ def _begin_training_step(module: RegularizedModule) -> contextlib.AbstractContex
     return regularizer.activity.capture()
 
 
+@always_eager
 def _add_penalty(module: RegularizedModule, output: Any) -> Any:
     """Add the loss-mode terms to the loss a training step returns."""
     regularizer = module.regularizer

@@ -18,6 +18,8 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.utils.hooks import RemovableHandle
 
+from lightning_reg.eager import always_eager
+
 StepCallback = Callable[[Optimizer], None]
 
 # Per optimizer, each owner's registration: attaching again with the same owner replaces that owner's
@@ -68,6 +70,10 @@ def owners(optimizer: Optimizer) -> list[object]:
 
 
 def _in_order(callbacks: Sequence[StepCallback]) -> StepCallback:
+    # Always eager, also inside a compiled ``optimizer.step``: the callbacks read the optimizer's state
+    # per parameter, which Dynamo traced wrongly across a graph break (every parameter got the first
+    # one's state), and their Python-side caches would guard and recompile at every step.
+    @always_eager
     def run(optimizer: Optimizer) -> None:
         for callback in callbacks:
             callback(optimizer)
