@@ -26,11 +26,19 @@ def _fresh_dynamo() -> Iterator[None]:
     torch._dynamo.reset()
 
 
-def fit(compiled: bool, **options: Any) -> torch.Tensor:
-    """12 steps of ``Trainer.fit`` with Adam; the trained weights, flat."""
+class Traced(RegRegression):
+    """The user's module with an example input, for ``group_by="channels"``."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.example_input_array = torch.zeros(2, 5)
+
+
+def fit(compiled: bool, steps: int = 12, **options: Any) -> torch.Tensor:
+    """``steps`` steps of ``Trainer.fit`` with Adam; the trained weights, flat."""
     torch.manual_seed(0)
-    model = RegRegression(adam=True, **options)
-    quiet_trainer(max_steps=12).fit(
+    model = Traced(adam=True, **options)
+    quiet_trainer(max_steps=steps).fit(
         torch.compile(model, backend="eager") if compiled else model, loader(regression_data())
     )
     return torch.cat([param.detach().flatten() for param in model.parameters()])
@@ -49,6 +57,29 @@ def test_a_compiled_module_compiles_once_and_trains_the_eager_weights(options: d
     compiled = fit(True, **options)
     assert counters["stats"]["unique_graphs"] == 1
     assert torch.equal(compiled, eager)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"activity_l1": {"net.1": 1e-2}},
+        {"group_l1": 1e-2, "group_by": "channels"},
+        {"group_l1": 1e-2, "group_by": "channels", "l1_mode": "proximal"},
+    ],
+    ids=["activity", "channels-loss", "channels-proximal"],
+)
+def test_compiled_activity_and_channel_modes_add_no_graph_after_the_first_steps(
+    options: dict[str, Any],
+) -> None:
+    """The activity capture and the coupled units: the eager run's weights, bit for bit, and as many
+    graphs after 12 steps as after 4 (the tracing of the example input at set-up adds its own)."""
+    fit(True, steps=4, **options)
+    after_four = counters["stats"]["unique_graphs"]
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = fit(True, steps=12, **options)
+    assert counters["stats"]["unique_graphs"] == after_four
+    assert torch.equal(compiled, fit(False, steps=12, **options))
 
 
 def test_a_compiled_optimizer_step_with_the_proximal_hooks_compiles_once() -> None:
