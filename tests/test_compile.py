@@ -6,16 +6,19 @@ come from the guards), and runs the captured graphs with the same kernels as eag
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 from helpers import RegRegression, loader, quiet_trainer, regression_data
+from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 from torch._dynamo.utils import counters
 
-from lightning_reg import Regularizer
+from lightning_reg import RegularizationMonitor, Regularizer
 
 
 @pytest.fixture(autouse=True)
@@ -107,3 +110,28 @@ def test_a_compiled_optimizer_step_with_the_proximal_hooks_compiles_once() -> No
     torch.testing.assert_close(compiled, eager, rtol=0, atol=1e-5)
     assert torch.equal(compiled == 0, eager == 0)
     assert int((eager == 0).sum()) > 100
+
+
+def test_the_monitor_logs_from_a_compiled_module_without_adding_graphs(tmp_path: Path) -> None:
+    """``RegularizationMonitor`` reads the weights in its own hooks, outside the compiled step: the
+    same logged values as the eager run, and as many graphs after 12 steps as after 4."""
+
+    def logged(compiled: bool, steps: int) -> list[dict[str, str]]:
+        torch.manual_seed(0)
+        model = Traced(adam=True, l1=1e-2, l1_mode="proximal")
+        logger = CSVLogger(tmp_path, name=f"{compiled}-{steps}")
+        trainer = quiet_trainer(
+            max_steps=steps, logger=logger, callbacks=[RegularizationMonitor(log_every_n_steps=1)]
+        )
+        trainer.fit(torch.compile(model, backend="eager") if compiled else model, loader(regression_data()))
+        with open(Path(logger.log_dir) / "metrics.csv") as handle:
+            return [row for row in csv.DictReader(handle) if row.get("reg/l1_norm")]
+
+    logged(True, 4)
+    after_four = counters["stats"]["unique_graphs"]
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = logged(True, 12)
+    assert counters["stats"]["unique_graphs"] == after_four
+    assert compiled == logged(False, 12)
+    assert len(compiled) == 12
