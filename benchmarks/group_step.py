@@ -27,13 +27,13 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from gpu import kernel_launches, median_seconds  # benchmarks/ is the script's folder
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -87,34 +87,6 @@ def setup(mode: str, layers: tuple[int, int, int, int], width: int, device: torc
     for _ in range(3):
         training_step()
     return Setup(optimizer.step, training_step)
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def median_seconds(work: Callable[[], None], device: torch.device, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        work()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def kernel_launches(work: Callable[[], None], device: torch.device) -> int | None:
-    if device.type != "cuda":
-        return None
-    from torch.profiler import ProfilerActivity, profile
-
-    synchronize(device)
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        work()
-        synchronize(device)
-    return sum(1 for event in prof.events() if event.device_type == torch.autograd.DeviceType.CUDA)
 
 
 def table(name: str, layers: tuple[int, int, int, int], width: int, args: argparse.Namespace) -> None:

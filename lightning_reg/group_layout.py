@@ -112,11 +112,6 @@ class Colour:
     def __post_init__(self) -> None:
         object.__setattr__(self, "params", tuple(place.member.param for place in self.placements))
 
-    @property
-    def rows(self) -> int:
-        """The colour's channel count."""
-        return len(self.row_chunks)
-
 
 @dataclass(frozen=True, eq=False)
 class GroupLayout:
@@ -161,7 +156,7 @@ def build(units: Sequence[Coupling], strengths: Sequence[float], l1: dict[int, f
         colours.append(_lay_out(units, members, strengths, maps, l1, colour, dtype))
     crossing = tuple(params[key] for key, (_, covered) in maps.items() if bool((covered == 2).any()))
     uncovered = tuple(
-        (params[key], covered == 0, l1[key])
+        (params[key], (covered == 0).to(params[key].dtype), l1[key])
         for key, (_, covered) in maps.items()
         if l1.get(key, 0.0) > 0 and bool((covered == 0).any())
     )

@@ -165,7 +165,7 @@ class GroupProx:
         for index, colour in enumerate(self.layout.colours):
             self._colour_step(optimizer, index, colour, steps, ramp, taken)
         for param, mask, l1 in self.layout.uncovered:  # L1 of entries in no unit
-            threshold = mask.to(param.dtype) * (ramp * l1) * steps[id(param)]
+            threshold = mask * (ramp * l1) * steps[id(param)]
             if isinstance(taken, Tensor):
                 threshold = threshold * taken
             param.sub_(param.clamp(-threshold, threshold))

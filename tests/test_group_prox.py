@@ -270,6 +270,32 @@ def solve(run: Run, quadratic: Quadratic, g: float, l1: float) -> dict[str, Tens
     return prob.unflatten(_SOLVED[key])
 
 
+def land(build: Build, g: float, l1: float, optimizer: str, lr: float, steps: int) -> Landing:
+    """Train ``steps`` steps on the quadratic of ``build``'s model: the weights, the minimiser and the
+    largest distance between them, printed."""
+    run = start(build, g, l1, optimizer, lr)
+    quadratic = Quadratic.of(run.model)
+    expected = solve(run, quadratic, g, l1)
+    run.steps(quadratic, steps)
+    got = run.weights()
+    difference = gap(got, expected)
+    print(f"{optimizer} lr {lr}, g {g}, l1 {l1}, {steps} steps: max |w - w*| = {difference:.2e}")
+    return Landing(run, quadratic, got, expected, difference)
+
+
+@dataclass
+class Landing:
+    run: Run
+    quadratic: Quadratic
+    got: dict[str, Tensor]
+    expected: dict[str, Tensor]
+    difference: float
+
+    def same_zeros(self) -> bool:
+        """The weights' exact zeros are the minimiser's (to the reference solver's 1e-12)."""
+        return _same(zeros(self.got, exact=True), zeros(self.expected, exact=False))
+
+
 def gap(a: dict[str, Tensor], b: dict[str, Tensor]) -> float:
     return max(float((a[n] - b[n]).abs().max()) for n in a)
 
@@ -338,16 +364,10 @@ def test_reference_has_dead_and_live_units() -> None:
 @pytest.mark.parametrize(("lr", "steps"), [(0.5, 300), (0.1, 1500)])
 def test_sgd_lands_on_the_minimiser(g: float, l1: float, lr: float, steps: int) -> None:
     """SGD with a constant lr: the weights, their exact zeros and the KKT conditions of ``F``."""
-    run = start(mlp, g, l1, "sgd", lr)
-    quadratic = Quadratic.of(run.model)
-    expected = solve(run, quadratic, g, l1)
-    run.steps(quadratic, steps)
-    got = run.weights()
-    difference = gap(got, expected)
-    print(f"sgd lr {lr}, g {g}, l1 {l1}: max |w - w*| = {difference:.2e}")
-    assert difference < 1e-8
-    assert _same(zeros(got, exact=True), zeros(expected, exact=False))
-    residual = kkt_residual(problem(run, quadratic, g, l1), got)
+    landed = land(mlp, g, l1, "sgd", lr, steps)
+    assert landed.difference < 1e-8
+    assert landed.same_zeros()
+    residual = kkt_residual(problem(landed.run, landed.quadratic, g, l1), landed.got)
     print(f"  KKT residual {residual:.2e}")
     assert residual < 1e-8
 
@@ -398,15 +418,9 @@ def kkt_residual(prob: Problem, weights: dict[str, Tensor]) -> float:
 @pytest.mark.parametrize(("g", "l1"), CASES[:2])
 def test_adam_lands_on_the_minimiser(g: float, l1: float) -> None:
     """Adam with a decaying lr: its fixed point in its own metric is the same minimiser, zeros included."""
-    run = start(mlp, g, l1, "adam", 3e-2)
-    quadratic = Quadratic.of(run.model)
-    expected = solve(run, quadratic, g, l1)
-    run.steps(quadratic, 3000)
-    got = run.weights()
-    difference = gap(got, expected)
-    print(f"adam, g {g}, l1 {l1}: max |w - w*| = {difference:.2e}")
-    assert difference < 1e-10
-    assert _same(zeros(got, exact=True), zeros(expected, exact=False))
+    landed = land(mlp, g, l1, "adam", 3e-2, 3000)
+    assert landed.difference < 1e-10
+    assert landed.same_zeros()
 
 
 def test_on_accelerators_one_newton_step_a_step_lands_on_the_minimiser(
@@ -417,16 +431,9 @@ def test_on_accelerators_one_newton_step_a_step_lands_on_the_minimiser(
     carry on across steps and Adam still lands on the minimiser, zeros included."""
     monkeypatch.setattr(group_prox, "CHECKED_DEVICES", frozenset())
     monkeypatch.setattr(group_prox, "NEWTON_STEPS", 1)
-    g, l1 = CASES[0]
-    run = start(mlp, g, l1, "adam", 3e-2)
-    quadratic = Quadratic.of(run.model)
-    expected = solve(run, quadratic, g, l1)
-    run.steps(quadratic, 3000)
-    got = run.weights()
-    difference = gap(got, expected)
-    print(f"adam, one Newton step a step: max |w - w*| = {difference:.2e}")
-    assert difference < 1e-10
-    assert _same(zeros(got, exact=True), zeros(expected, exact=False))
+    landed = land(mlp, *CASES[0], "adam", 3e-2, 3000)
+    assert landed.difference < 1e-10
+    assert landed.same_zeros()
 
 
 RESNET_CASE = (3.0, 0.1)  # every channel alive, 1,628 L1 zeros among them
@@ -439,17 +446,10 @@ def test_a_resnets_crossing_units_land_on_the_minimiser(
     optimizer: str, lr: float, steps: int, tolerance: float
 ) -> None:
     """A traced ResNet: its residual units cross each block's ``conv2``, ``conv1`` and downsample."""
-    g, l1 = RESNET_CASE
-    run = start(resnet, g, l1, optimizer, lr)
-    quadratic = Quadratic.of(run.model)
-    expected = solve(run, quadratic, g, l1)
-    run.steps(quadratic, steps)
-    got = run.weights()
-    difference = gap(got, expected)
-    print(f"resnet, {optimizer}: max |w - w*| = {difference:.2e}")
-    assert difference < tolerance
-    assert _same(zeros(got, exact=True), zeros(expected, exact=False))
-    assert sum(int((w == 0).sum()) for w in got.values()) > 1000
+    landed = land(resnet, *RESNET_CASE, optimizer, lr, steps)
+    assert landed.difference < tolerance
+    assert landed.same_zeros()
+    assert sum(int((w == 0).sum()) for w in landed.got.values()) > 1000
 
 
 def test_the_sequential_scheme_misses_the_minimiser() -> None:
