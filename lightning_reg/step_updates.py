@@ -110,6 +110,10 @@ class ProximalStep:
             for param in params
             if id(param) not in members and selection.strength_of(param).l1 > 0
         ]
+        if threshold == "optimizer" and alone and not kernels.prefer_multi_tensor(alone):
+            # on the CPU, weight by weight: one denominator alive at a time, in cache
+            _soft_threshold_each_alone(selection, optimizer, holder, alone, ramp, taken)
+            alone = []
         stepped = list(members.values()) + alone
         if not stepped:
             return
@@ -199,6 +203,28 @@ def _same_piece(kept: Tensor, piece: Tensor) -> bool:
     return (
         kept.data_ptr() == piece.data_ptr() and kept.shape == piece.shape and kept.stride() == piece.stride()
     )
+
+
+def _soft_threshold_each_alone(
+    selection: Selection,
+    optimizer: Optimizer,
+    holder: dict[int, dict[str, Any]],
+    params: Sequence[Tensor],
+    ramp: float,
+    taken: float | Tensor,
+) -> None:
+    """:func:`_soft_threshold_alone` with the optimizer's steps read and applied one weight at a time."""
+    uniform: dict[int, float | Tensor] = {}
+    for param in params:
+        size = step_sizes.step_size(optimizer, holder[id(param)], param)
+        factor = selection.strength_of(param).l1 * ramp
+        if size.denominator is None:
+            uniform[id(param)] = size.scale
+            continue
+        scale = size.scale * factor if isinstance(taken, float) else size.scale * taken * factor
+        kernels.soft_threshold_scaled_(param, scale, size.denominator)
+    if uniform:
+        _soft_threshold_alone(selection, [p for p in params if id(p) in uniform], uniform, ramp, taken)
 
 
 def _soft_threshold_alone(
