@@ -9,11 +9,12 @@ per-step work (the L1 value, the L1 gradient, decoupled decay, the proximal step
 number of operators dispatched, the number of device kernels launched (CUDA profiler; ``-`` elsewhere),
 and the median time against the floor ``torch._foreach_add_(grads, W)`` on the same tensors. On an
 accelerator the multi-tensor form, which the package picks there, must launch as many kernels for
-``--many`` tensors as for ``--few``.
+``--many`` tensors as for ``--few``. The ``fused`` form is the compiled kernel of ``fused=True`` (Triton
+on CUDA), whose launches the profiler counts; ``--quick`` leaves it out.
 
 A last table runs whole training steps of a model (``Linear`` + ``LayerNorm`` blocks, SGD) with the
-loss-mode L1 term and ``weight_decay``, as the package does it and as the tutorial does it, against
-the plain step, with the peak memory the device allocator saw.
+loss-mode L1 term and ``weight_decay``, as the package does it (eager and ``fused=True``) and as the
+tutorial does it, against the plain step, with the peak memory the device allocator saw.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from lightning_reg import Regularizer, kernels
+from lightning_reg import Regularizer, fused, kernels
 
 
 class CountOps(TorchDispatchMode):
@@ -82,17 +83,37 @@ def operators(work: Callable[[], Any]) -> int:
 
 def per_step_work(
     weights: list[Tensor], grads: list[Tensor], factor: Tensor
-) -> dict[str, Callable[[bool], object]]:
-    """The package's per-step work on ``weights``, each taking the form (multi-tensor or not)."""
+) -> dict[str, dict[str, Callable[[], object]]]:
+    """The package's per-step work on ``weights``, in each form: the per-tensor loop, the multi-tensor
+    form, and the compiled kernel of ``fused=True`` (its per-tensor numbers as one tensor)."""
+    ones = fused.scalars([1.0] * len(weights), weights[0].device)
     return {
-        "l1 value": lambda multi: kernels.abs_sum(weights, multi),
-        "l1 gradient": lambda multi: kernels.add_scaled_sign_(grads, weights, factor, multi),
-        "decoupled decay": lambda multi: kernels.scale_(weights, 1.0, multi),
-        "proximal l1": lambda multi: kernels.soft_threshold_(weights, 1e-12, multi),
+        "l1 value": {
+            "loop": lambda: kernels.abs_sum(weights, False),
+            "multi": lambda: kernels.abs_sum(weights, True),
+            "fused": lambda: fused.abs_sum(weights),
+        },
+        "l1 gradient": {
+            "loop": lambda: kernels.add_scaled_sign_(grads, weights, factor, False),
+            "multi": lambda: kernels.add_scaled_sign_(grads, weights, factor, True),
+            "fused": lambda: fused.add_scaled_sign_(grads, weights, factor),
+        },
+        "decoupled decay": {
+            "loop": lambda: kernels.scale_(weights, 1.0, False),
+            "multi": lambda: kernels.scale_(weights, 1.0, True),
+            "fused": lambda: fused.scale_(weights, ones),
+        },
+        "proximal l1": {
+            "loop": lambda: kernels.soft_threshold_(weights, 1e-12, False),
+            "multi": lambda: kernels.soft_threshold_(weights, 1e-12, True),
+            "fused": lambda: fused.soft_threshold_(weights, ones * 1e-12),
+        },
     }
 
 
-def kernel_table(numel: int, counts: tuple[int, ...], device: torch.device, repeats: int) -> None:
+def kernel_table(
+    numel: int, counts: tuple[int, ...], device: torch.device, repeats: int, forms: tuple[str, ...]
+) -> None:
     print(f"per-step work on {numel / 1e6:.2f}M weights ({device}), median of {repeats}")
     header = (
         f"{'work':18s} {'form':7s} {'tensors':>8s} {'operators':>10s} {'kernels':>8s} {'ms':>8s} "
@@ -107,19 +128,24 @@ def kernel_table(numel: int, counts: tuple[int, ...], device: torch.device, repe
         floor = median_seconds(
             functools.partial(torch._foreach_add_, grads, weights, alpha=1e-4), device, repeats
         )
-        for name, run in per_step_work(weights, grads, torch.tensor(1e-6, device=device)).items():
-            for multi in (False, True):
-                work = functools.partial(run, multi)
+        for name, by_form in per_step_work(weights, grads, torch.tensor(1e-6, device=device)).items():
+            for form in forms:
+                work = by_form[form]
+                work()  # a fused kernel compiles on its first call
                 launches = kernel_launches(work, device)
                 seconds = median_seconds(work, device, repeats)
+                # compiled kernels cannot run under the operator counter: counted, they would run eagerly
+                counted = "-" if form == "fused" else str(operators(work))
                 print(
-                    f"{name:18s} {'multi' if multi else 'loop':7s} {count:8d} {operators(work):10d} "
+                    f"{name:18s} {form:7s} {count:8d} {counted:>10s} "
                     f"{'-' if launches is None else launches:>8} {seconds * 1e3:8.3f} {seconds / floor:8.2f}"
                 )
     print()
 
 
-def step_table(layers: int, width: int, device: torch.device, repeats: int) -> None:
+def step_table(
+    layers: int, width: int, device: torch.device, repeats: int, variants: tuple[str, ...]
+) -> None:
     l1, l2 = 1e-6, 1e-4
 
     def setup(variant: str) -> Callable[[], None]:
@@ -128,8 +154,8 @@ def step_table(layers: int, width: int, device: torch.device, repeats: int) -> N
             *[nn.Sequential(nn.Linear(width, width), nn.LayerNorm(width)) for _ in range(layers)]
         ).to(device)
         x, y = torch.randn(32, width, device=device), torch.randn(32, width, device=device)
-        reg = Regularizer(model, l1=l1, l2=l2)
-        if variant == "package":
+        reg = Regularizer(model, l1=l1, l2=l2, fused=variant == "fused")
+        if variant in ("package", "fused"):
             optimizer = torch.optim.SGD(reg.param_groups(), lr=1e-3)
         else:
             decay = l2 if variant == "seed" else 0.0
@@ -138,7 +164,7 @@ def step_table(layers: int, width: int, device: torch.device, repeats: int) -> N
         def step() -> None:
             optimizer.zero_grad()
             loss = nn.functional.mse_loss(model(x), y)
-            if variant == "package":
+            if variant in ("package", "fused"):
                 loss = loss + reg.penalty()
             elif variant == "seed":
                 loss = loss + l1 * sum(torch.sum(torch.abs(p)) for p in model.parameters() if p.dim() > 1)
@@ -152,9 +178,9 @@ def step_table(layers: int, width: int, device: torch.device, repeats: int) -> N
     print(header)
     print("-" * len(header))
     plain = None
-    for variant in ("plain", "seed", "package"):
+    for variant in variants:
         step = setup(variant)
-        step()
+        step()  # fused=True compiles its kernels here
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         seconds = median_seconds(step, device, repeats)
@@ -184,8 +210,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.numel, args.few, args.many, args.repeats = 40_000, 4, 64, 3
         layers, width = 2, 64
-    kernel_table(args.numel, (args.few, args.many), device, args.repeats)
-    step_table(layers, width, device, args.repeats)
+    # --quick is the test suite's smoke run: compiling the fused kernels there takes a minute on two cores
+    forms = ("loop", "multi") if args.quick else ("loop", "multi", "fused")
+    kernel_table(args.numel, (args.few, args.many), device, args.repeats, forms)
+    variants = ("plain", "seed", "package") if args.quick else ("plain", "seed", "package", "fused")
+    step_table(layers, width, device, args.repeats, variants)
     return 0
 
 

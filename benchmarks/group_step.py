@@ -11,7 +11,10 @@ attaches a ``Regularizer`` in the proximal mode:
 - ``plain``: no regularization (the baseline);
 - ``l1``: ``l1=1e-4`` (soft-thresholding);
 - ``rows``: ``group_l1=1e-3`` over each weight's rows;
-- ``channels``: ``group_l1=1e-3`` over the coupled channels (units cross at every block's convolutions).
+- ``channels``: ``group_l1=1e-3`` over the coupled channels (units cross at every block's convolutions);
+- ``... fused``: the same with ``fused=True``: the arithmetic runs as kernels ``torch.compile`` generates,
+  which the operator counter does not see (it counts what runs outside them). ``--quick`` leaves them
+  out (it is the test suite's smoke run, and compiling takes minutes on two cores).
 
 For each mode the table gives the operators dispatched inside one ``optimizer.step()`` after three
 warm-up steps (a ``TorchDispatchMode`` counter: on a GPU each is about one kernel launch), how many of
@@ -19,7 +22,8 @@ them read a value back to the host (``aten._local_scalar_dense``), the CUDA kern
 ``-`` elsewhere), and two times as ratios to ``plain`` measured in the same round: ``optimizer.step()``
 alone, and the whole training step (zero_grad, forward, backward, step). The modes run in turn in each
 of ``--rounds`` rounds, each timing the median of ``--repeats`` steps; the table gives the median ratio
-over the rounds, so that a noisy machine slows the modes alike.
+over the rounds, so that a noisy machine slows the modes alike. ``first steps s`` is the time of the
+three warm-up steps, which for the fused modes includes compiling (with inductor's cache as it is).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,7 +50,11 @@ MODES: dict[str, dict[str, Any]] = {
     "l1": {"l1": 1e-4},
     "rows": {"group_l1": 1e-3},
     "channels": {"group_l1": 1e-3, "group_by": "channels"},
+    "l1 fused": {"l1": 1e-4, "fused": True},
+    "rows fused": {"group_l1": 1e-3, "fused": True},
+    "channels fused": {"group_l1": 1e-3, "group_by": "channels", "fused": True},
 }
+EAGER = [mode for mode, options in MODES.items() if not options.get("fused")]
 DEPTHS = {"ResNet-18": (2, 2, 2, 2), "ResNet-34": (3, 4, 6, 3)}
 
 
@@ -67,6 +76,7 @@ class Setup:
 
     optimizer_step: Callable[[], None]
     training_step: Callable[[], None]
+    first_seconds: float
 
 
 def setup(mode: str, layers: tuple[int, int, int, int], width: int, device: torch.device) -> Setup:
@@ -84,25 +94,27 @@ def setup(mode: str, layers: tuple[int, int, int, int], width: int, device: torc
         nn.functional.cross_entropy(model(x), y).backward()
         optimizer.step()
 
+    start = time.perf_counter()
     for _ in range(3):
         training_step()
-    return Setup(optimizer.step, training_step)
+    return Setup(optimizer.step, training_step, time.perf_counter() - start)
 
 
 def table(name: str, layers: tuple[int, int, int, int], width: int, args: argparse.Namespace) -> None:
     device = torch.device(args.device)
-    setups = {mode: setup(mode, layers, width, device) for mode in MODES}
+    modes = EAGER if args.quick else list(MODES)
+    setups = {mode: setup(mode, layers, width, device) for mode in modes}
     params = sum(
         p.numel() for p in ResNet(layers=layers, width=width, in_channels=1, num_classes=10).parameters()
     )
     operators, launches = {}, {}
     for mode, work in setups.items():
-        with OperatorsByName() as counter:
+        with OperatorsByName() as counter:  # compiled kernels cannot run under it: fused modes run eagerly
             work.optimizer_step()
         operators[mode] = counter.counts
         launches[mode] = kernel_launches(work.optimizer_step, device)
-    step_ratios: dict[str, list[float]] = {mode: [] for mode in MODES}
-    train_ratios: dict[str, list[float]] = {mode: [] for mode in MODES}
+    step_ratios: dict[str, list[float]] = {mode: [] for mode in modes}
+    train_ratios: dict[str, list[float]] = {mode: [] for mode in modes}
     for _ in range(args.rounds):
         steps = {
             mode: median_seconds(work.optimizer_step, device, args.repeats) for mode, work in setups.items()
@@ -110,24 +122,26 @@ def table(name: str, layers: tuple[int, int, int, int], width: int, args: argpar
         trains = {
             mode: median_seconds(work.training_step, device, args.repeats) for mode, work in setups.items()
         }
-        for mode in MODES:
+        for mode in modes:
             step_ratios[mode].append(steps[mode] / steps["plain"])
             train_ratios[mode].append(trains[mode] / trains["plain"])
     plain = sum(operators["plain"].values())
     print(f"{name}, width {width} ({params / 1e6:.2f}M parameters), Adam foreach, on {device}")
     header = (
-        f"{'mode':9s} {'operators':>10s} {'x plain':>8s} {'host reads':>11s} {'kernels':>8s} "
-        f"{'opt.step x plain':>17s} {'train step x plain':>19s}"
+        f"{'mode':14s} {'operators':>10s} {'x plain':>8s} {'host reads':>11s} {'kernels':>8s} "
+        f"{'opt.step x plain':>17s} {'train step x plain':>19s} {'first steps s':>14s}"
     )
     print(header)
     print("-" * len(header))
-    for mode in MODES:
+    for mode in modes:
         count = sum(operators[mode].values())
         shown = "-" if launches[mode] is None else str(launches[mode])
+        fused = MODES[mode].get("fused", False)  # its operators were counted eagerly: not shown
+        counted = f"{'-':>10s} {'-':>8s}" if fused else f"{count:10d} {count / plain:8.2f}"
         print(
-            f"{mode:9s} {count:10d} {count / plain:8.2f} {operators[mode]['_local_scalar_dense']:11d} "
+            f"{mode:14s} {counted} {operators[mode]['_local_scalar_dense']:11d} "
             f"{shown:>8s} {statistics.median(step_ratios[mode]):17.2f} "
-            f"{statistics.median(train_ratios[mode]):19.2f}"
+            f"{statistics.median(train_ratios[mode]):19.2f} {setups[mode].first_seconds:14.1f}"
         )
     if args.breakdown:
         for mode in ("channels",):

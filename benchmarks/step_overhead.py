@@ -1,7 +1,7 @@
 """What regularization costs per training step, against the least the math needs.
 
     .venv/bin/python benchmarks/step_overhead.py            # the issue's model: 20.07M parameters, ~4 min
-    .venv/bin/python benchmarks/step_overhead.py --quick    # a small model, a smoke run
+    .venv/bin/python benchmarks/step_overhead.py --quick    # a small model, no fused variants: a smoke run
 
 Model: ``layers`` x (``Linear(width, width)`` + ``LayerNorm(width)``), batch 32, SGD (Adam for the
 variants marked so), MSE, trained with ``Trainer.fit``. A step is timed from ``on_train_batch_start`` to
@@ -20,6 +20,10 @@ or more to the system when it is freed (``MALLOC_MMAP_THRESHOLD_=65536``), so th
 size follows the memory actually in use rather than what the allocator keeps cached. Those runs are
 not timed.
 
+The ``fused`` variants compile their kernels in their first step. Their compile time is measured apart,
+as the first step's time less a later step's, in fresh processes: cold, with an empty inductor cache
+(``TORCHINDUCTOR_CACHE_DIR`` a new folder), and warm, in a second process given the same folder.
+
 The monitor's cost is timed inside its own hook, in a run of the default configuration with a logger
 that discards what it gets: the time of a logging step and of a step that does not log, and from them
 the average cost per step at the default interval (``Trainer(log_every_n_steps=50)``).
@@ -36,6 +40,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from typing import Any
@@ -51,11 +56,22 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "package: l1 + decoupled l2": {"l1": 1e-6, "l2": 1e-4, "l2_mode": "decoupled"},
     "plain (Adam)": {"optimizer": "adam"},
     "package: proximal l1 + l2 (Adam)": {"l1": 1e-6, "l2": 1e-4, "l1_mode": "proximal", "optimizer": "adam"},
+    # the proximal step alone, without the pass Adam's own weight decay adds
+    "package: proximal l1 (Adam)": {"l1": 1e-6, "l1_mode": "proximal", "optimizer": "adam"},
 }
+# Each package variant again with fused=True: the package's work as kernels torch.compile generates.
+VARIANTS.update(
+    {
+        name.replace(")", ", fused)") if name.endswith(")") else f"{name} (fused)": {**options, "fused": True}
+        for name, options in VARIANTS.items()
+        if name.startswith("package")
+    }
+)
 
 
 def baseline(name: str) -> str:
-    """The variant whose step ``name``'s overhead is measured against: plain, with the same optimizer."""
+    """The variant whose step ``name``'s overhead is measured against: plain, with the same optimizer;
+    the ``fused`` variants are also shown as ratios to their eager form."""
     return "plain (Adam)" if VARIANTS[name].get("optimizer") == "adam" else "plain"
 
 
@@ -64,6 +80,13 @@ def build(layers: int, width: int) -> nn.Sequential:
     return nn.Sequential(
         *[nn.Sequential(nn.Linear(width, width), nn.LayerNorm(width)) for _ in range(layers)]
     )
+
+
+def eager_form(name: str) -> str | None:
+    """The eager variant of a ``fused`` variant ``name``; ``None`` for the others."""
+    if not VARIANTS[name].get("fused"):
+        return None
+    return name.replace(", fused)", ")").replace(" (fused)", "")
 
 
 MONITORED = "package: l1 + l2 (default modes)"
@@ -161,6 +184,7 @@ def run_variant(
     trainer.fit(model, DataLoader(data, batch_size=32))
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     result = {
+        "first_s": times[0],
         "median_s": statistics.median(times[warmup:]),
         "peak_mib": peak_kib / 1024,
         "floor_s": floor_seconds(layers, width, repeats=max(20, steps)),
@@ -183,6 +207,18 @@ def floor_seconds(layers: int, width: int, repeats: int) -> float:
     return statistics.median(times)
 
 
+def _versus_eager(name: str, rounds: list[dict[str, dict[str, float]]]) -> float | None:
+    """A fused variant's overhead over its eager form's, the median over rounds; ``None`` for others."""
+    eager = eager_form(name)
+    if eager is None:
+        return None
+    base = baseline(name)
+    return statistics.median(
+        (run[name]["median_s"] - run[base]["median_s"]) / (run[eager]["median_s"] - run[base]["median_s"])
+        for run in rounds
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -196,8 +232,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variant", help=argparse.SUPPRESS)  # internal: run one variant, print JSON
     parser.add_argument("--monitor", action="store_true", help=argparse.SUPPRESS)  # internal
     args = parser.parse_args(argv)
-    if args.quick:
+    if args.quick:  # without the fused variants (compiling them takes minutes on two cores) and the one
+        # that only leaves out a term of another
         args.layers, args.width, args.steps, args.warmup, args.rounds = 2, 64, 5, 2, 1
+        for name in [name for name, options in VARIANTS.items() if options.get("fused")]:
+            del VARIANTS[name]
+        del VARIANTS["package: proximal l1 (Adam)"]
     if args.variant:
         measured = run_variant(args.variant, args.layers, args.width, args.steps, args.warmup, args.monitor)
         print(json.dumps(measured))
@@ -214,6 +254,18 @@ def main(argv: list[str] | None = None) -> int:
         done = subprocess.run(command, capture_output=True, text=True, check=True, env=exact_memory)
         peaks[name] = json.loads(done.stdout.strip().splitlines()[-1])["peak_mib"]
         print(f"  memory: {name}", file=sys.stderr)
+    compile_s: dict[str, tuple[float, float]] = {}
+    for name in (name for name, options in VARIANTS.items() if options.get("fused")):
+        with tempfile.TemporaryDirectory() as cache:
+            command = [sys.executable, __file__, "--variant", name, *shape]
+            firsts = []
+            for _ in ("cold", "warm"):
+                env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache}
+                done = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
+                run = json.loads(done.stdout.strip().splitlines()[-1])
+                firsts.append(run["first_s"] - run["median_s"])
+        compile_s[name] = (firsts[0], firsts[1])
+        print(f"  compile: {name}", file=sys.stderr)
     command = [sys.executable, __file__, "--variant", MONITORED, "--monitor", *shape]
     done = subprocess.run(command, capture_output=True, text=True, check=True)
     monitored = json.loads(done.stdout.strip().splitlines()[-1])
@@ -235,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
             "overhead_s": statistics.median(overheads),
             "quartiles_s": statistics.quantiles(overheads, n=4) if len(overheads) > 1 else overheads * 3,
             "ratio": statistics.median(o / f for o, f in zip(overheads, floors, strict=True)),
+            "x_eager": _versus_eager(name, rounds),
             "peak_mib": peaks[name],
         }
     floor = statistics.median(floors)
@@ -252,8 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"largest weight tensor: {largest:.2f} MiB\n")
     plain = results["plain"]
     header = (
-        f"{'variant':34s} {'step ms':>8s} {'overhead ms':>12s} {'quartiles':>11s} {'x floor':>8s} "
-        f"{'peak MiB':>9s} {'+MiB':>6s}"
+        f"{'variant':44s} {'step ms':>8s} {'overhead ms':>12s} {'quartiles':>11s} {'x floor':>8s} "
+        f"{'peak MiB':>9s} {'+MiB':>6s} {'x eager':>8s}"
     )
     print(header)
     print("-" * len(header))
@@ -263,9 +316,13 @@ def main(argv: list[str] | None = None) -> int:
         ratio = "" if base is result else f"{result['ratio']:8.2f}"
         spread = "" if base is result else f"{low * 1e3:.1f}..{high * 1e3:.1f}"
         print(
-            f"{name:34s} {result['median_s'] * 1e3:8.1f} {result['overhead_s'] * 1e3:12.1f} {spread:>11s} "
-            f"{ratio:>8s} {result['peak_mib']:9.1f} {result['peak_mib'] - base['peak_mib']:6.1f}"
+            f"{name:44s} {result['median_s'] * 1e3:8.1f} {result['overhead_s'] * 1e3:12.1f} {spread:>11s} "
+            f"{ratio:>8s} {result['peak_mib']:9.1f} {result['peak_mib'] - base['peak_mib']:6.1f} "
+            f"{'' if result['x_eager'] is None else format(result['x_eager'], '8.2f'):>8s}"
         )
+    print("\ncompile time of the fused variants (first step less a later one), cold / warm cache:")
+    for name, (cold, warm) in compile_s.items():
+        print(f"  {name:44s} {cold:6.1f} s / {warm:5.1f} s")
     per_step = (monitored["log_s"] + (DEFAULT_LOG_EVERY - 1) * monitored["quiet_s"]) / DEFAULT_LOG_EVERY
     print(
         f"\nmonitor (RegularizationMonitor on {MONITORED!r}): {monitored['log_s'] * 1e3:.2f} ms per logging "

@@ -39,9 +39,10 @@ class PreparedSum(NamedTuple):
     total: Tensor
 
     @classmethod
-    def of(cls, params: Sequence[Tensor]) -> PreparedSum:
-        """The sum of ``params`` as they are now."""
-        return cls(tuple(map(id, params)), tuple(p._version for p in params), kernels.abs_sum(params))
+    def of(cls, params: Sequence[Tensor], fused: bool = False) -> PreparedSum:
+        """The sum of ``params`` as they are now (``fused``: by the compiled kernel)."""
+        total = kernels.abs_sum(params, fused=fused)
+        return cls(tuple(map(id, params)), tuple(p._version for p in params), total)
 
     @staticmethod
     def valid_total(prepared: PreparedSum | None, params: Sequence[Tensor]) -> Tensor | None:
@@ -51,13 +52,16 @@ class PreparedSum(NamedTuple):
         return prepared.total if prepared.versions == tuple(p._version for p in params) else None
 
 
-def l1_term(params: Sequence[Tensor], strength: float, abs_sum: Tensor | None = None) -> Tensor:
+def l1_term(
+    params: Sequence[Tensor], strength: float, abs_sum: Tensor | None = None, fused: bool = False
+) -> Tensor:
     """``strength * sum|w|`` over ``params``, differentiable, with the gradient added at end of backward.
 
     The value is the tutorial's ``l1 * sum(torch.sum(torch.abs(w)))`` to the last bit, and so is the
     gradient each weight receives when nothing else is accumulated into its ``.grad`` in the pass.
     ``abs_sum``, when given, is ``sum|w|`` already computed (by :func:`~lightning_reg.kernels.abs_sum`)
-    on the weights as they are now.
+    on the weights as they are now. With ``fused`` the sum and the gradient are compiled kernels
+    (:mod:`~lightning_reg.fused`).
 
     >>> w = torch.tensor([[1.0, -2.0]], requires_grad=True)
     >>> loss = l1_term([w], 0.5)
@@ -67,16 +71,16 @@ def l1_term(params: Sequence[Tensor], strength: float, abs_sum: Tensor | None = 
     >>> w.grad
     tensor([[ 0.5000, -0.5000]])
     """
-    value: Tensor = _DeferredL1.apply(strength, abs_sum, *params)  # type: ignore[no-untyped-call]
+    value: Tensor = _DeferredL1.apply(strength, abs_sum, fused, *params)  # type: ignore[no-untyped-call]
     return value
 
 
 class _DeferredL1(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, strength: float, abs_sum: Tensor | None, *params: Tensor) -> Tensor:
-        ctx.strength = strength
+    def forward(ctx: Any, strength: float, abs_sum: Tensor | None, fused: bool, *params: Tensor) -> Tensor:
+        ctx.strength, ctx.fused = strength, fused
         ctx.save_for_backward(*params)  # so that changing a weight before backward is an error, as for abs
-        return strength * (kernels.abs_sum(params) if abs_sum is None else abs_sum)
+        return strength * (kernels.abs_sum(params, fused=fused) if abs_sum is None else abs_sum)
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
@@ -84,14 +88,17 @@ class _DeferredL1(torch.autograd.Function):
         factor = grad_output * ctx.strength
         accumulates = _accumulates(ctx, len(params))
         if accumulates is None:  # torch.autograd.grad: hand the gradients to autograd
-            return (None, None, *(torch.sign(param) * factor for param in params))
+            return (None, None, None, *(torch.sign(param) * factor for param in params))
         targets = [param for param, flag in zip(params, accumulates, strict=True) if flag]
         if targets:
             # Queue from a callback, so that the addition runs after every callback queued during this
             # backward pass: DistributedDataParallel's, which writes the averaged gradients to .grad.
             engine = Variable._execution_engine
-            engine.queue_callback(lambda: engine.queue_callback(lambda: _add_gradient(targets, factor)))
-        return (None,) * (2 + len(params))
+            fused = ctx.fused
+            engine.queue_callback(
+                lambda: engine.queue_callback(lambda: _add_gradient(targets, factor, fused))
+            )
+        return (None,) * (3 + len(params))
 
 
 def _accumulates(ctx: Any, count: int) -> list[bool] | None:
@@ -111,9 +118,10 @@ def _accumulates(ctx: Any, count: int) -> list[bool] | None:
 
 
 @torch.no_grad()
-def _add_gradient(params: Sequence[Tensor], factor: Tensor) -> None:
+def _add_gradient(params: Sequence[Tensor], factor: Tensor, fused: bool) -> None:
     present = [param for param in params if param.grad is not None]
-    kernels.add_scaled_sign_([param.grad for param in present if param.grad is not None], present, factor)
+    grads = [param.grad for param in present if param.grad is not None]
+    kernels.add_scaled_sign_(grads, present, factor, fused=fused)
     for param in params:
         if param.grad is None:  # a weight the data loss does not reach: the penalty's gradient alone
             param.grad = torch.sign(param) * factor

@@ -133,6 +133,22 @@ class GroupLayout:
     dtype: torch.dtype
 
 
+@dataclass(frozen=True)
+class Chunked:
+    """A colour's buffers in ``GroupProx`` as ``(chunks, CHUNK)`` views, made once."""
+
+    entries: Tensor
+    steps: Tensor
+    duals: Tensor | None
+    signed: Tensor | None  # later - first (int8): +1 where a pull is given back, -1 where one is taken out
+    shared: Tensor | None  # later
+    outside: Tensor | None  # not later
+    l1: Tensor | None
+    work: list[Tensor]
+    alive: Tensor
+    column: Tensor
+
+
 def build(units: Sequence[Coupling], strengths: Sequence[float], l1: dict[int, float]) -> GroupLayout:
     """Lay out ``units`` (with their ``strengths``), the L1 strengths ``l1`` of parameters by ``id``.
 
@@ -325,3 +341,25 @@ def scatter_from(
             target.index_copy_(axis, place.order, region.reshape(shape))
     if into:
         torch._foreach_copy_(into, whole)
+
+
+def padding(colour: Colour) -> Tensor | None:
+    """The positions of ``colour``'s buffer that no member fills, or ``None`` where there are none."""
+    covered = torch.zeros(colour.size, dtype=torch.bool, device=colour.strengths.device)
+    ones = [torch.ones_like(param, dtype=torch.bool) for param in colour.params]
+    gather_into(colour.placements, ones, views(colour, covered))
+    padding = covered.logical_not().nonzero().squeeze(1)
+    return padding if padding.numel() else None
+
+
+def signed(colour: Colour) -> Tensor | None:
+    """``later - first`` as a ``(chunks, CHUNK)`` view, or ``None`` where no unit of the colour crosses."""
+    masks = [mask for mask in (colour.later, colour.first) if mask is not None]
+    if not masks:
+        return None
+    signed = torch.zeros(masks[0].shape, dtype=torch.int8, device=masks[0].device)
+    if colour.later is not None:
+        signed.add_(colour.later)
+    if colour.first is not None:
+        signed.sub_(colour.first.to(torch.int8))
+    return signed.view(-1, CHUNK)

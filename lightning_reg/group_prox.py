@@ -32,13 +32,12 @@ step runs once per colour (:mod:`~lightning_reg.group_layout`), whatever the num
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from lightning_reg import group_layout
+from lightning_reg import fused_group, group_layout
 from lightning_reg.couplings import Coupling
 from lightning_reg.group_layout import CHUNK, Colour, GroupLayout
 
@@ -56,22 +55,6 @@ CHECKED_NEWTON_LIMIT = 50
 Scalar = float | Tensor
 
 
-@dataclass(frozen=True)
-class _Chunked:
-    """A colour's buffers as ``(chunks, CHUNK)`` views, made once."""
-
-    entries: Tensor
-    steps: Tensor
-    duals: Tensor | None
-    signed: Tensor | None  # later - first (int8): +1 where a pull is given back, -1 where one is taken out
-    shared: Tensor | None  # later
-    outside: Tensor | None  # not later
-    l1: Tensor | None
-    work: list[Tensor]
-    alive: Tensor
-    column: Tensor
-
-
 class GroupProx:
     """Buffers and views for the proximal step of one :class:`GroupLayout`, made once and reused.
 
@@ -86,11 +69,15 @@ class GroupProx:
         layout: GroupLayout,
         reduce: Callable[[Tensor], None] | None = None,
         own_state: bool = False,
+        fused: bool = False,
     ) -> None:
         """``reduce`` adds up, in place, each channel's sums over the processes holding parts of it (a
         sharded weight's pieces); ``own_state`` keeps the roots in the engine rather than in the
-        optimizer's state (pieces of sharded weights are not keys of it)."""
-        self.layout = layout
+        optimizer's state (pieces of sharded weights are not keys of it); ``fused`` runs each colour's
+        arithmetic as one compiled function (:mod:`~lightning_reg.fused_group`; not with ``reduce``)."""
+        if fused and reduce is not None:
+            raise ValueError("GroupProx(fused=True) does not add up sums over processes (reduce)")
+        self.layout, self.fused = layout, fused
         self._reduce = reduce
         self._own: dict[int, dict[str, Tensor]] | None = {} if own_state else None
         colours = layout.colours
@@ -114,7 +101,7 @@ class GroupProx:
             for colour in colours
         ]
         # the padding of each colour's rows, zeroed after each gather (another colour wrote there)
-        self._padding = [_padding(colour) for colour in colours]
+        self._padding = [group_layout.padding(colour) for colour in colours]
         self._entry_views = [group_layout.views(c, b) for c, b in zip(colours, self._entries, strict=True)]
         self._step_views = [group_layout.views(c, b) for c, b in zip(colours, self._steps, strict=True)]
         self._dual_places = [
@@ -134,11 +121,11 @@ class GroupProx:
         # per colour, made once: the chunk views of its buffers and of the work buffers, and a column
         # for per-row values spread over the chunks
         self._chunked = [
-            _Chunked(
+            group_layout.Chunked(
                 entries=entries.view(-1, CHUNK),
                 steps=steps.view(-1, CHUNK),
                 duals=None if duals is None else duals.view(-1, CHUNK),
-                signed=_signed(colour),
+                signed=group_layout.signed(colour),
                 shared=None if colour.later is None else colour.later.view(-1, CHUNK),
                 outside=None if colour.later is None else colour.later.logical_not().view(-1, CHUNK),
                 l1=None if colour.l1 is None else colour.l1.view(-1, CHUNK),
@@ -179,11 +166,64 @@ class GroupProx:
         ramp: float,
         taken: float | Tensor,
     ) -> None:
-        views, duals = self._chunked[index], self._duals[index]
-        rows, work = views.entries, views.work
+        views = self._chunked[index]
         group_layout.gather_into(colour.placements, colour.params, self._entry_views[index])
         if (padding := self._padding[index]) is not None:
             self._entries[index].index_fill_(0, padding, 0)
+        if views.duals is not None:
+            states = [self._dual_state(optimizer, colour.params[i]) for i in self._dual_places[index]]
+            places = [colour.placements[i] for i in self._dual_places[index]]
+            group_layout.gather_into(places, states, self._dual_views[index])
+        if self.fused:
+            self._fused_step(optimizer, index, colour, steps, ramp, taken)
+        else:
+            self._eager_step(optimizer, index, colour, steps, ramp, taken)
+        group_layout.scatter_from(colour.placements, self._entry_views[index], colour.params)
+        if views.duals is not None and views.shared is not None:
+            states = [self._dual_state(optimizer, colour.params[i]) for i in self._dual_places[index]]
+            places = [colour.placements[i] for i in self._dual_places[index]]
+            group_layout.scatter_from(places, self._dual_views[index], states)
+
+    def _fused_step(
+        self,
+        optimizer: Optimizer,
+        index: int,
+        colour: Colour,
+        steps: Mapping[int, Scalar],
+        ramp: float,
+        taken: float | Tensor,
+    ) -> None:
+        """The arithmetic between the gather and the scatter, as compiled functions."""
+        views = self._chunked[index]
+        self._gather_steps(index, colour, steps, 1.0)
+        warm = self._warm(optimizer, colour)
+        check = views.entries.device.type in CHECKED_DEVICES
+        root = fused_group.colour_step(
+            views,
+            self._chunk_strengths[index],
+            colour.chunk_rows,
+            warm,
+            count=len(self._strengths[index]),
+            sum_dtype=self.sum_dtype,
+            ramp=ramp,
+            taken=taken if isinstance(taken, Tensor) else None,
+            newton_steps=CHECKED_NEWTON_LIMIT if check else NEWTON_STEPS,
+            checked=check,
+        )
+        self._store_roots(optimizer, colour, root, warm, taken)
+
+    def _eager_step(
+        self,
+        optimizer: Optimizer,
+        index: int,
+        colour: Colour,
+        steps: Mapping[int, Scalar],
+        ramp: float,
+        taken: float | Tensor,
+    ) -> None:
+        """The arithmetic between the gather and the scatter, as eager kernels."""
+        views = self._chunked[index]
+        rows, work = views.entries, views.work
         before = None  # a fused step that may have been skipped: its input, kept
         if isinstance(taken, Tensor):
             if self._before is None:
@@ -197,10 +237,6 @@ class GroupProx:
         else:
             self._gather_steps(index, colour, steps, taken)
             step_of = views.steps
-        if views.duals is not None:
-            states = [self._dual_state(optimizer, colour.params[i]) for i in self._dual_places[index]]
-            places = [colour.placements[i] for i in self._dual_places[index]]
-            group_layout.gather_into(places, states, self._dual_views[index])
         alive = None
         if views.outside is not None:  # 0 on the entries an earlier unit zeroed: they stay 0 (below)
             alive = torch.ne(rows, 0, out=views.alive).logical_or_(views.outside)
@@ -222,11 +258,6 @@ class GroupProx:
             rows.mul_(alive)
         if before is not None:  # bit for bit what it was (steps of 0 are not quite the identity in rounding)
             torch.where(torch.as_tensor(taken) > 0, rows, before, out=rows)
-        group_layout.scatter_from(colour.placements, self._entry_views[index], colour.params)
-        if duals is not None and views.shared is not None:
-            states = [self._dual_state(optimizer, colour.params[i]) for i in self._dual_places[index]]
-            places = [colour.placements[i] for i in self._dual_places[index]]
-            group_layout.scatter_from(places, self._dual_views[index], states)
 
     def _dual_state(self, optimizer: Optimizer, param: Tensor) -> Tensor:
         state = optimizer.state[param]
@@ -352,10 +383,7 @@ class GroupProx:
             if check and bool(((move.abs() <= tolerance * root) | zero).all()):
                 break
         root = root.masked_fill_(zero, 0.0)
-        if isinstance(taken, Tensor):  # a skipped step keeps the last roots (or none: zeros, as none)
-            self._keep_warm(optimizer, colour, torch.where(taken > 0, root, 0.0 if warm is None else warm))
-        else:
-            self._keep_warm(optimizer, colour, root)
+        self._store_roots(optimizer, colour, root, warm, taken)
         root_of = self._per_chunk(index, colour, root)
         torch.add(pulls, root_of, out=shifted)
         if kept is not None:  # the unit's dual: strength * x_i / (nu + strength * s_i)
@@ -382,6 +410,14 @@ class GroupProx:
         warm = torch.cat(stored) if len(stored) > 1 else stored[0]
         return warm if warm.dtype == self.sum_dtype else warm.to(self.sum_dtype)
 
+    def _store_roots(
+        self, optimizer: Optimizer, colour: Colour, root: Tensor, warm: Tensor | None, taken: float | Tensor
+    ) -> None:
+        """Keep ``root`` for the next step; a skipped step keeps the last roots (or none: zeros, as none)."""
+        if isinstance(taken, Tensor):
+            root = torch.where(taken > 0, root, 0.0 if warm is None else warm)
+        self._keep_warm(optimizer, colour, root)
+
     def _keep_warm(self, optimizer: Optimizer, colour: Colour, root: Tensor) -> None:
         units = [self.layout.units[index] for index in colour.units]
         pieces = torch.split(root, [unit.count for unit in units])
@@ -394,28 +430,6 @@ class GroupProx:
                 state[key] = torch.zeros(unit.count, dtype=root.dtype, device=param.device)
             targets.append(state[key])
         torch._foreach_copy_(targets, list(pieces))
-
-
-def _padding(colour: Colour) -> Tensor | None:
-    """The positions of ``colour``'s buffer that no member fills, or ``None`` where there are none."""
-    covered = torch.zeros(colour.size, dtype=torch.bool, device=colour.strengths.device)
-    ones = [torch.ones_like(param, dtype=torch.bool) for param in colour.params]
-    group_layout.gather_into(colour.placements, ones, group_layout.views(colour, covered))
-    padding = covered.logical_not().nonzero().squeeze(1)
-    return padding if padding.numel() else None
-
-
-def _signed(colour: Colour) -> Tensor | None:
-    """``later - first`` as a ``(chunks, CHUNK)`` view, or ``None`` where no unit of the colour crosses."""
-    masks = [mask for mask in (colour.later, colour.first) if mask is not None]
-    if not masks:
-        return None
-    signed = torch.zeros(masks[0].shape, dtype=torch.int8, device=masks[0].device)
-    if colour.later is not None:
-        signed.add_(colour.later)
-    if colour.first is not None:
-        signed.sub_(colour.first.to(torch.int8))
-    return signed.view(-1, CHUNK)
 
 
 def _norms_key(unit: Coupling) -> str:

@@ -20,6 +20,8 @@ from collections.abc import Iterable, Iterator, Sequence
 import torch
 from torch import Tensor
 
+from lightning_reg import fused as fused_kernels
+
 #: Entries per bucket of the multi-tensor form (at least the largest tensor): 16 MiB of float32.
 BUCKET_NUMEL = 1 << 22
 
@@ -52,18 +54,21 @@ def sum_in_order(terms: Iterable[Tensor], device: torch.device | None = None) ->
     return torch.zeros((), device=device) if total is None else total
 
 
-def abs_sum(params: Sequence[Tensor], multi_tensor: bool | None = None) -> Tensor:
+def abs_sum(params: Sequence[Tensor], multi_tensor: bool | None = None, fused: bool = False) -> Tensor:
     """``sum|w|`` over all ``params``, without autograd.
 
     The loop adds the tensors' sums in order, each computed as ``torch.sum(torch.abs(w))``: the value
     of the tutorial's loop to the last bit. The multi-tensor form sums ``torch._foreach_norm(ord=1)``;
-    it differs from the loop in rounding only.
+    it differs from the loop in rounding only, as does the compiled kernel of ``fused``
+    (:func:`~lightning_reg.fused.abs_sum`).
 
     >>> abs_sum([torch.tensor([[1.0, -2.0]]), torch.tensor([[-3.0]])])
     tensor(6.)
     """
     if not params:
         return torch.zeros(())
+    if fused:
+        return fused_kernels.abs_sum(params)
     if _multi(params, multi_tensor):
         return _multi_tensor_abs_sum(params)
     return _single_tensor_abs_sum(params)
@@ -81,7 +86,11 @@ def _multi_tensor_abs_sum(params: Sequence[Tensor]) -> Tensor:
 
 
 def add_scaled_sign_(
-    grads: Sequence[Tensor], params: Sequence[Tensor], factor: Tensor, multi_tensor: bool | None = None
+    grads: Sequence[Tensor],
+    params: Sequence[Tensor],
+    factor: Tensor,
+    multi_tensor: bool | None = None,
+    fused: bool = False,
 ) -> None:
     """In place, ``grads[i] += sign(params[i]) * factor``: the gradient of ``factor * sum|w|``.
 
@@ -96,7 +105,9 @@ def add_scaled_sign_(
     """
     if not params:
         return
-    if _multi(params, multi_tensor):
+    if fused:  # one compiled kernel (lightning_reg.fused): the same numbers to float tolerance
+        fused_kernels.add_scaled_sign_(grads, params, factor)
+    elif _multi(params, multi_tensor):
         _multi_tensor_add_scaled_sign_(grads, params, factor)
     else:
         _single_tensor_add_scaled_sign_(grads, params, factor)

@@ -252,6 +252,7 @@ class RegularizedModule(_Base):
         proximal_threshold: ProximalThreshold = "optimizer",
         l2_mode: L2Mode = "weight_decay",
         l1_warmup_steps: int = 0,
+        fused: bool = False,
         activity_l1: Mapping[str, float] | None = None,
         **kwargs: Any,
     ) -> None:

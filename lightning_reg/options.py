@@ -14,6 +14,7 @@ from typing import Any, Literal, TypeVar
 
 from lightning_reg.checks import (
     check_choice,
+    check_flag,
     check_globs,
     check_integer,
     check_rules,
@@ -73,6 +74,11 @@ OPTION_DOCS: dict[str, str] = {
     "l1_warmup_steps": "ramp the L1 strength up over this many optimizer steps: at step ``s`` (from 0) it is "
     "``l1 * min(1, (s + 1) / l1_warmup_steps)``; ``0``: no ramp. ``RegularizedModule`` takes ``s`` from "
     "``trainer.global_step``, so a resumed run continues the ramp; a bare loop sets ``Regularizer.step``.",
+    "fused": "run the package's own work at each step (the L1 term's value and gradient, the decoupled "
+    "decay, the proximal and group steps) as kernels ``torch.compile`` generates: C++ on the CPU (a C++ "
+    "compiler must be installed), Triton on CUDA; each is compiled once per parameter layout, on the "
+    "first step (see the torch.compile guide). The same numbers as ``False`` to float tolerance, with "
+    "the same zeros.",
     "activity_l1": "module name (as in ``named_modules()``) to strength: ``strength * sum(|a|) / "
     "a.shape[0]`` is added to the loss for every output ``a`` of that module in a training step (Keras' "
     "activity regularizer; see :class:`~lightning_reg.activity.ActivityPenalty`).",
@@ -128,7 +134,7 @@ class RegularizationOptions:
     >>> RegularizationOptions(l1=1e-5, l2=1e-4, exclude=["*.bias"])  # doctest: +NORMALIZE_WHITESPACE
     RegularizationOptions(l1=1e-05, l2=0.0001, group_l1=0.0, group_by='rows', exclude=('*.bias',), rules={},
                           l1_mode='loss', proximal_threshold='optimizer', l2_mode='weight_decay',
-                          l1_warmup_steps=0, activity_l1={})
+                          l1_warmup_steps=0, fused=False, activity_l1={})
     >>> RegularizationOptions(l1=float("nan"))
     Traceback (most recent call last):
     ...
@@ -145,6 +151,7 @@ class RegularizationOptions:
     proximal_threshold: ProximalThreshold = "optimizer"
     l2_mode: L2Mode = "weight_decay"
     l1_warmup_steps: int = 0
+    fused: bool = False
     activity_l1: Mapping[str, float] | None = None
 
     def __post_init__(self) -> None:
@@ -161,6 +168,7 @@ class RegularizationOptions:
             ),
             "l2_mode": check_choice("l2_mode", self.l2_mode, L2_MODES),
             "l1_warmup_steps": check_integer("l1_warmup_steps", self.l1_warmup_steps),
+            "fused": check_flag("fused", self.fused),
             "activity_l1": check_strengths("activity_l1", self.activity_l1),
         }
         for name, value in checked.items():

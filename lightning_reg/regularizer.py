@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from lightning_reg import channels, kernels, step_hooks, step_sizes, step_updates
+from lightning_reg import channels, fused, kernels, step_hooks, step_sizes, step_updates
 from lightning_reg.activity import ActivityPenalty
 from lightning_reg.couplings import coupled_l1_norm
 from lightning_reg.deferred import PreparedSum, l1_term
@@ -77,7 +77,8 @@ class Regularizer:
         ValueError: a strength is negative, NaN, infinite or not a number; ``exclude`` is not a list of
             non-empty strings; a mode or ``group_by`` is not one of its choices; ``rules`` is not a dict
             of non-empty globs to dicts of those strengths; a rule gives ``group_l1 > 0`` to a 0-D
-            parameter, or to a 1-D one with ``group_by="columns"`` (it has no groups there).
+            parameter, or to a 1-D one with ``group_by="columns"`` (it has no groups there);
+            ``fused=True`` where ``torch.compile`` cannot generate kernels (:mod:`~lightning_reg.fused`).
 
     Warns:
         UserWarning: an ``exclude`` or ``rules`` pattern matches no parameter.
@@ -114,6 +115,7 @@ class Regularizer:
         proximal_threshold: ProximalThreshold = "optimizer",
         l2_mode: L2Mode = "weight_decay",
         l1_warmup_steps: int = 0,
+        fused: bool = False,
         activity_l1: Mapping[str, float] | None = None,
         example_inputs: Any = None,
     ) -> None:
@@ -128,6 +130,7 @@ class Regularizer:
         if options.group_by == "channels":
             selection = couple(selection, channels.traced_couplings(model, example_inputs))
         self.selection: Selection = selection
+        self._check_fused()
         # Whether some weight of W has a positive strength of each kind.
         self._has_l1 = any(strength.l1 > 0 for strength in selection.strengths)
         self._has_l2 = any(strength.l2 > 0 for strength in selection.strengths)
@@ -144,7 +147,9 @@ class Regularizer:
         self._sharded = [param for _, param in self.selection.regularized if is_sharded(param)]
         self._plain_l1 = self.selection.by_strength(self._plain, "l1")
         self._prepared: dict[float, PreparedSum] = {}  # per L1 strength, see prepare_penalty
-        self._proximal = step_updates.ProximalStep(selection, units_of(selection, options.group_by))
+        self._proximal = step_updates.ProximalStep(
+            selection, units_of(selection, options.group_by), fused=options.fused
+        )
         self._optimizers: weakref.WeakSet[Optimizer] = weakref.WeakSet()  # those attach() was given
         self.step = 0
         self.activity = ActivityPenalty(model, options.activity_l1 or {})
@@ -230,7 +235,8 @@ class Regularizer:
         that peak. ``RegularizedModule`` calls this before every training step.
         """
         if self.options.l1_mode == "loss" and self._has_l1:
-            self._prepared = {strength: PreparedSum.of(params) for strength, params in self._plain_l1}
+            fused = self.options.fused
+            self._prepared = {strength: PreparedSum.of(params, fused) for strength, params in self._plain_l1}
 
     def _weight_penalty(self) -> Tensor:
         """The loss-mode terms of the weights; those of sharded weights detached (see :meth:`penalty`)."""
@@ -246,8 +252,9 @@ class Regularizer:
             return []
         ramp = self.options.l1_ramp(self.step)
         prepared, self._prepared = self._prepared, {}  # each sum serves one penalty
+        fused = self.options.fused
         return [
-            l1_term(params, strength * ramp, PreparedSum.valid_total(prepared.get(strength), params))
+            l1_term(params, strength * ramp, PreparedSum.valid_total(prepared.get(strength), params), fused)
             for strength, params in self._plain_l1
         ]
 
@@ -325,9 +332,10 @@ class Regularizer:
         """
         optimizer = unwrapped(optimizer)
         options = self.options
+        self._check_fused()  # the model may have moved to another device since
         l2 = options.l2 > 0 or self._has_l2
         splits = options.l2_mode == "weight_decay" and l2
-        self._check_shared(optimizer, splits)
+        step_updates.check_shared(self, self.selection, optimizer, splits)
         if splits:
             split_optimizer(optimizer, self.regularized_parameters, options.l2, schedulers, self._decays())
         elif options.l2_mode != "weight_decay" and l2:
@@ -348,32 +356,16 @@ class Regularizer:
         step_hooks.attach(optimizer, self, before=before, after=[self.proximal_step] if proximal else [])
         self._optimizers.add(optimizer)
 
+    def _check_fused(self) -> None:
+        """With ``fused=True``, refuse devices where ``torch.compile`` cannot generate the kernels."""
+        if self.options.fused:
+            fused.check_supported(param.device for _, param in self.selection.regularized)
+
     def detach(self) -> None:
         """Remove the hooks :meth:`attach` installed on every optimizer (the groups stay as split)."""
         for optimizer in list(self._optimizers):
             step_hooks.detach(optimizer, self)
         self._optimizers = weakref.WeakSet()
-
-    def _check_shared(self, optimizer: Optimizer, splits: bool) -> None:
-        """Refuse to share ``optimizer`` with another regularizer where the two would interfere."""
-        for other in step_hooks.owners(optimizer):
-            if other is self or not isinstance(other, Regularizer):
-                continue
-            common = [name for name, p in self.selection.regularized if other.selection.is_regularized(p)]
-            if common:
-                raise ValueError(
-                    f"Invalid optimizer: another Regularizer is attached to this {type(optimizer).__name__} "
-                    f"and regularizes {common[0]!r} too, which would then be regularized twice. Use one "
-                    "Regularizer with rules for per-parameter strengths, or exclude the shared parameters "
-                    "from one of them."
-                )
-            if splits:
-                raise ValueError(
-                    f"Invalid optimizer: another Regularizer is attached to this {type(optimizer).__name__}, "
-                    "and splitting its groups for weight decay (l2_mode='weight_decay') would move that "
-                    "one's parameters. Use one Regularizer with rules for per-parameter strengths, or "
-                    "l2_mode='decoupled' here."
-                )
 
     def add_penalty_gradient(self, optimizer: Optimizer, *, sharded_only: bool = False) -> None:
         """Add the gradient of :meth:`penalty` to the ``.grad`` of the ``W`` in ``optimizer``.
@@ -399,7 +391,8 @@ class Regularizer:
             for strength, same in self.selection.by_strength(plain, "l1"):
                 factor = torch.full((), strength * ramp, dtype=same[0].dtype, device=same[0].device)
                 grads = [param.grad for param in same if param.grad is not None]
-                kernels.add_scaled_sign_(grads, same, factor if scale is None else factor * scale)
+                factor = factor if scale is None else factor * scale
+                kernels.add_scaled_sign_(grads, same, factor, fused=options.fused)
         with torch.enable_grad():
             terms = (
                 [self._total(self._l1_terms(sharded) + self._norm_terms(sharded), sharded)] if sharded else []
@@ -422,7 +415,7 @@ class Regularizer:
         What AdamW does before its update; called by the hook :meth:`attach` installs. ``l2`` is each
         weight's own, ``lr`` that of the group holding the weight.
         """
-        step_updates.decoupled_decay(self.selection, optimizer)
+        step_updates.decoupled_decay(self.selection, optimizer, fused=self.options.fused)
 
     def proximal_step(self, optimizer: Optimizer) -> None:
         """Apply the proximal operators of the L1 and group terms after the optimizer's update.

@@ -241,11 +241,7 @@ def steps_of(
     [[1.25, 1.25], [2.5, 2.5, 2.5]]
     """
     states = [optimizer.state.get(param, {}) for param in params]
-    counts = _counts(states)
-    forms = [
-        form_of(optimizer, group, param, count)
-        for group, param, count in zip(groups, params, counts, strict=True)
-    ]
+    forms = forms_of(optimizer, groups, params)
     steps: list[Scalar] = [form.scale for form in forms]
     partitions: dict[tuple[Any, ...], list[int]] = {}
     for index, (_, denominator) in enumerate(forms):
@@ -266,6 +262,24 @@ def steps_of(
         for index, inverse in zip(indices, inverses, strict=True):
             steps[index] = inverse
     return steps
+
+
+def forms_of(
+    optimizer: Optimizer, groups: Sequence[Mapping[str, Any]], params: Sequence[Tensor]
+) -> list[Form]:
+    """The rule's :class:`Form` for each of ``params`` (held in ``groups``), the step counts on the CPU
+    read in one operation.
+
+    >>> w = torch.nn.Parameter(torch.ones(2))
+    >>> sgd = torch.optim.SGD([w], lr=0.5)
+    >>> forms_of(sgd, sgd.param_groups, [w])
+    [Form(scale=0.5, denominator=None)]
+    """
+    counts = _counts([optimizer.state.get(param, {}) for param in params])
+    return [
+        form_of(optimizer, group, param, count)
+        for group, param, count in zip(groups, params, counts, strict=True)
+    ]
 
 
 def _counts(states: Sequence[Mapping[str, Any]]) -> list[Scalar]:

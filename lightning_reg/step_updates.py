@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from lightning_reg import fused as fused_kernels
 from lightning_reg import group_layout, kernels, step_hooks, step_sizes
 from lightning_reg.couplings import Coupling
 from lightning_reg.group_prox import GroupProx
@@ -43,12 +44,20 @@ def in_optimizer(
 
 
 @torch.no_grad()
-def decoupled_decay(selection: Selection, optimizer: Optimizer) -> None:
-    """``w <- w * (1 - lr * l2)``, ``lr`` that of the group holding ``w`` and ``l2`` the weight's own."""
+def decoupled_decay(selection: Selection, optimizer: Optimizer, fused: bool = False) -> None:
+    """``w <- w * (1 - lr * l2)``, ``lr`` that of the group holding ``w`` and ``l2`` the weight's own;
+    with ``fused``, one compiled kernel for all of them (:func:`~lightning_reg.fused.scale_`)."""
+    decayed: list[Tensor] = []
+    factors: list[float | Tensor] = []
     for group, taken, params in in_optimizer(selection, optimizer):
         lr = group["lr"] if isinstance(taken, float) else group["lr"] * taken
         for strength, same in selection.by_strength(params, "l2"):
-            kernels.scale_(same, 1 - lr * strength)
+            compiled = [param for param in same if fused and not is_sharded(param)]  # DTensors: eager
+            kernels.scale_([param for param in same if not fused or is_sharded(param)], 1 - lr * strength)
+            decayed += compiled
+            factors += [1 - lr * strength] * len(compiled)
+    if decayed:
+        fused_kernels.scale_(decayed, fused_kernels.scalars(factors, decayed[0].device))
 
 
 class ProximalStep:
@@ -56,12 +65,17 @@ class ProximalStep:
 
     ``units`` are the group terms' units with their strengths (a parameter's rows or columns, or coupled
     channels: :func:`~lightning_reg.selection.units_of`). Each optimizer gets one
-    :class:`~lightning_reg.group_prox.GroupProx` per set of units taking part, laid out once.
+    :class:`~lightning_reg.group_prox.GroupProx` per set of units taking part, laid out once. With
+    ``fused``, the arithmetic runs as compiled kernels (:mod:`~lightning_reg.fused`), except on sharded
+    weights' pieces, whose sums are added up over processes between eager kernels.
     """
 
-    def __init__(self, selection: Selection, units: Sequence[tuple[Coupling, float]]) -> None:
+    def __init__(
+        self, selection: Selection, units: Sequence[tuple[Coupling, float]], fused: bool = False
+    ) -> None:
         self.selection = selection
         self.units = list(units)
+        self.fused = fused
         self._engines: weakref.WeakKeyDictionary[Optimizer, dict[tuple[int, ...], GroupProx]] = (
             weakref.WeakKeyDictionary()
         )
@@ -110,6 +124,10 @@ class ProximalStep:
             for param in params
             if id(param) not in members and selection.strength_of(param).l1 > 0
         ]
+        if self.fused and alone:  # sharded weights (DTensors) stay eager
+            plain = [param for param in alone if not is_sharded(param)]
+            _soft_threshold_fused(selection, optimizer, holder, plain, ramp, taken, threshold)
+            alone = [param for param in alone if is_sharded(param)]
         if threshold == "optimizer" and alone and not kernels.prefer_multi_tensor(alone):
             # on the CPU, weight by weight: one denominator alive at a time, in cache
             _soft_threshold_each_alone(selection, optimizer, holder, alone, ramp, taken)
@@ -194,7 +212,7 @@ class ProximalStep:
             chosen = [units[index] for index in active]
             strengths = [strength for _, strength in chosen]
             layout = group_layout.build([unit for unit, _ in chosen], strengths, l1)
-            engine = engines[key] = GroupProx(layout)
+            engine = engines[key] = GroupProx(layout, fused=self.fused)
         return engine
 
 
@@ -203,6 +221,50 @@ def _same_piece(kept: Tensor, piece: Tensor) -> bool:
     return (
         kept.data_ptr() == piece.data_ptr() and kept.shape == piece.shape and kept.stride() == piece.stride()
     )
+
+
+def _soft_threshold_fused(
+    selection: Selection,
+    optimizer: Optimizer,
+    holder: dict[int, dict[str, Any]],
+    params: Sequence[Tensor],
+    ramp: float,
+    taken: float | Tensor,
+    threshold: ProximalThreshold,
+) -> None:
+    """:func:`_soft_threshold_alone` as compiled kernels: one per form of the steps' denominators
+    (usually one for all the weights), each reading the optimizer's state and writing the weights once."""
+    groups = [holder[id(param)] for param in params]
+    if threshold == "optimizer":
+        forms = step_sizes.forms_of(optimizer, groups, params)
+    else:
+        forms = [step_sizes.Form(float(group["lr"]), None) for group in groups]
+    kinds: dict[tuple[Any, ...], list[int]] = {}
+    for index, (_, denominator) in enumerate(forms):
+        key = () if denominator is None else (denominator.keys, denominator.root, id(denominator.tractable))
+        kinds.setdefault(key, []).append(index)
+    skipped = taken if isinstance(taken, Tensor) else None
+    for indices in kinds.values():
+        chosen = [params[index] for index in indices]
+        device = chosen[0].device
+        factors = [forms[index].scale * (selection.strength_of(params[index]).l1 * ramp) for index in indices]
+        scales = fused_kernels.scalars(factors, device)
+        denominator = forms[indices[0]].denominator
+        if denominator is None:
+            fused_kernels.soft_threshold_(chosen, scales, skipped)
+            continue
+        states = [optimizer.state[param] for param in chosen]
+        offsets = [form.denominator.offset for index in indices if (form := forms[index]).denominator]
+        fused_kernels.soft_threshold_scaled_(
+            chosen,
+            [state[denominator.keys[0]] for state in states],
+            [state[denominator.keys[1]] for state in states] if len(denominator.keys) == 2 else None,
+            root=denominator.root,
+            offsets=fused_kernels.scalars(offsets, device),
+            scales=scales,
+            tractable=denominator.tractable,
+            taken=skipped,
+        )
 
 
 def _soft_threshold_each_alone(
@@ -293,4 +355,29 @@ def check_couplings_held(selection: Selection, optimizer: Optimizer) -> None:
                 f"Invalid optimizer: it holds some parameters of the coupled unit {coupling.name!r} but not "
                 f"{missing[0]!r}; l1_mode='proximal' shrinks a unit as one block after the optimizer that "
                 "updates all of it. Give all of the unit's parameters to one optimizer."
+            )
+
+
+def check_shared(owner: object, selection: Selection, optimizer: Optimizer, splits: bool) -> None:
+    """Refuse to attach ``owner`` (a regularizer of ``selection``) to ``optimizer`` where another
+    regularizer attached to it would interfere: one regularizing a parameter in common, or any other
+    when ``owner`` splits the groups for weight decay (``splits``)."""
+    for other in step_hooks.owners(optimizer):
+        theirs = getattr(other, "selection", None)
+        if other is owner or not isinstance(theirs, Selection):
+            continue
+        common = [name for name, p in selection.regularized if theirs.is_regularized(p)]
+        if common:
+            raise ValueError(
+                f"Invalid optimizer: another Regularizer is attached to this {type(optimizer).__name__} "
+                f"and regularizes {common[0]!r} too, which would then be regularized twice. Use one "
+                "Regularizer with rules for per-parameter strengths, or exclude the shared parameters "
+                "from one of them."
+            )
+        if splits:
+            raise ValueError(
+                f"Invalid optimizer: another Regularizer is attached to this {type(optimizer).__name__}, "
+                "and splitting its groups for weight decay (l2_mode='weight_decay') would move that "
+                "one's parameters. Use one Regularizer with rules for per-parameter strengths, or "
+                "l2_mode='decoupled' here."
             )

@@ -110,20 +110,25 @@ def test_with_inductor_the_weights_are_eagers_to_float_tolerance_with_the_same_z
     assert int((eager == 0).sum()) > 10
 
 
-def test_a_compiled_optimizer_step_with_the_proximal_hooks_compiles_once() -> None:
+@pytest.mark.parametrize("fused", [False, True], ids=["eager-hooks", "fused-hooks"])
+def test_a_compiled_optimizer_step_with_the_proximal_hooks_compiles_once(fused: bool) -> None:
     """``torch.compile(opt.step)`` with the proximal step attached: one graph over 30 steps (the hooks
     run eagerly; traced, their per-parameter state reads were guards that failed at every step), and
-    the eager run's weights with the same zeros. Compiled Adam differs from eager Adam by about 2e-6
-    on its own here, so the weights are compared to 1e-5."""
+    the eager run's weights with the same zeros (1,692 of 4,096). Compiled Adam differs from eager Adam
+    by about 1e-5 on its own here, so the weights are compared to 5e-5. Traced, the hooks once read
+    the first weight's Adam state for every weight: weights off by 0.38 and 2,053 zeros. With
+    ``fused=True`` the hooks run their own compiled kernel (one more graph, compiled once) inside the
+    compiled step."""
 
     def run(compiled: bool) -> torch.Tensor:
         torch.manual_seed(0)
         model = nn.Sequential(*[nn.Linear(32, 32) for _ in range(4)])  # equal shapes: no shape guard helps
-        regularizer = Regularizer(model, l1=3e-3, l1_mode="proximal")
+        regularizer = Regularizer(model, l1=3e-4, l1_mode="proximal", fused=fused and compiled)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
         regularizer.attach(optimizer)
         step = torch.compile(optimizer.step, backend="eager") if compiled else optimizer.step
-        x, y = torch.randn(64, 32, generator=torch.Generator().manual_seed(1)), torch.zeros(64, 32)
+        data = torch.Generator().manual_seed(1)
+        x, y = torch.randn(64, 32, generator=data), torch.randn(64, 32, generator=data)
         for _ in range(30):
             optimizer.zero_grad()
             nn.functional.mse_loss(model(x), y).backward()  # type: ignore[no-untyped-call]
@@ -131,10 +136,10 @@ def test_a_compiled_optimizer_step_with_the_proximal_hooks_compiles_once() -> No
         return torch.cat([param.detach().flatten() for param in model.parameters()])
 
     eager, compiled = run(False), run(True)
-    assert counters["stats"]["unique_graphs"] == 1
-    torch.testing.assert_close(compiled, eager, rtol=0, atol=1e-5)
+    torch.testing.assert_close(compiled, eager, rtol=0, atol=5e-5)
     assert torch.equal(compiled == 0, eager == 0)
-    assert int((eager == 0).sum()) > 100
+    assert 100 < int((eager == 0).sum()) < 4 * 32 * 32 - 100  # zeros and live weights
+    assert counters["stats"]["unique_graphs"] == (2 if fused else 1)
 
 
 def test_the_monitor_logs_from_a_compiled_module_without_adding_graphs(tmp_path: Path) -> None:

@@ -118,10 +118,19 @@ def decay(step: int) -> float:
     return float(1 / (1 + step / 200) ** 0.6)
 
 
-def start(build: Build, g: float, l1: float, optimizer: str, lr: float, fused: bool = False) -> Run:
+def start(
+    build: Build, g: float, l1: float, optimizer: str, lr: float, fused: bool = False, kernels: bool = False
+) -> Run:
+    """``fused``: Adam's own fused step; ``kernels``: the regularizer's (``Regularizer(fused=True)``)."""
     model, inputs = build()
     reg = Regularizer(
-        model, group_l1=g, l1=l1, group_by="channels", example_inputs=inputs, l1_mode="proximal"
+        model,
+        group_l1=g,
+        l1=l1,
+        group_by="channels",
+        example_inputs=inputs,
+        l1_mode="proximal",
+        fused=kernels,
     )
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
     opt: torch.optim.Optimizer
@@ -270,10 +279,12 @@ def solve(run: Run, quadratic: Quadratic, g: float, l1: float) -> dict[str, Tens
     return prob.unflatten(_SOLVED[key])
 
 
-def land(build: Build, g: float, l1: float, optimizer: str, lr: float, steps: int) -> Landing:
+def land(
+    build: Build, g: float, l1: float, optimizer: str, lr: float, steps: int, kernels: bool = False
+) -> Landing:
     """Train ``steps`` steps on the quadratic of ``build``'s model: the weights, the minimiser and the
-    largest distance between them, printed."""
-    run = start(build, g, l1, optimizer, lr)
+    largest distance between them, printed. ``kernels``: with ``Regularizer(fused=True)``."""
+    run = start(build, g, l1, optimizer, lr, kernels=kernels)
     quadratic = Quadratic.of(run.model)
     expected = solve(run, quadratic, g, l1)
     run.steps(quadratic, steps)
@@ -415,10 +426,11 @@ def kkt_residual(prob: Problem, weights: dict[str, Tensor]) -> float:
     return worst
 
 
-@pytest.mark.parametrize(("g", "l1"), CASES[:2])
-def test_adam_lands_on_the_minimiser(g: float, l1: float) -> None:
-    """Adam with a decaying lr: its fixed point in its own metric is the same minimiser, zeros included."""
-    landed = land(mlp, g, l1, "adam", 3e-2, 3000)
+@pytest.mark.parametrize(("g", "l1", "kernels"), [(*CASES[0], False), (*CASES[1], False), (*CASES[0], True)])
+def test_adam_lands_on_the_minimiser(g: float, l1: float, kernels: bool) -> None:
+    """Adam with a decaying lr: its fixed point in its own metric is the same minimiser, zeros included;
+    also with the compiled kernels of ``fused=True``."""
+    landed = land(mlp, g, l1, "adam", 3e-2, 3000, kernels=kernels)
     assert landed.difference < 1e-10
     assert landed.same_zeros()
 
@@ -476,12 +488,13 @@ def test_the_sequential_scheme_misses_the_minimiser() -> None:
 # -- a skipped step and a resumed run --------------------------------------------------------------------
 
 
-def test_a_step_a_fused_adam_skips_under_a_grad_scaler_changes_nothing() -> None:
+@pytest.mark.parametrize("kernels", [False, True], ids=["eager", "fused"])
+def test_a_step_a_fused_adam_skips_under_a_grad_scaler_changes_nothing(kernels: bool) -> None:
     """An inf gradient makes ``GradScaler`` skip fused Adam's step: the run then goes on bit for bit as
     the run without that step (weights, duals and stored roots untouched by it, a channel of norm 1e-140
-    included)."""
+    included); also with the compiled kernels of ``Regularizer(fused=True)``."""
     g, l1 = CASES[0]
-    runs = [start(mlp, g, l1, "adam", 3e-2, fused=True) for _ in range(2)]
+    runs = [start(mlp, g, l1, "adam", 3e-2, fused=True, kernels=kernels) for _ in range(2)]
     quadratic = Quadratic.of(runs[0].model)
     scalers = [torch.amp.GradScaler("cpu", init_scale=2.0**10) for _ in runs]
 

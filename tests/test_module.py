@@ -42,6 +42,7 @@ DEFAULT_OPTIONS = {
     "group_by": "rows",
     "l2_mode": "weight_decay",
     "l1_warmup_steps": 0,
+    "fused": False,
     "activity_l1": {},
     "rules": {},
     "proximal_threshold": "optimizer",

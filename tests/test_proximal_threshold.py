@@ -137,12 +137,27 @@ def test_proximal_l1_lands_on_lasso_with_each_optimizer(
     assert np.all(np.abs(g[w == 0]) <= ALPHA + KKT_TOL)
 
 
-def test_proximal_l1_with_adam_and_weight_decay_lands_on_elastic_net() -> None:
+# fused=True: one case per form of the optimizer's step (Adam's root, Adamax's none, RAdam's switch to the
+# rectified step, SGD's uniform step); every case compiles its own kernel.
+FUSED_CASES = ["adam", "adamax", "radam", "sgd-momentum"]
+
+
+@pytest.mark.parametrize("case", FUSED_CASES)
+def test_fused_proximal_l1_lands_on_lasso(lasso: tuple[np.ndarray, np.ndarray, Lasso], case: str) -> None:
+    """The compiled kernels of ``fused=True`` land on the Lasso too, with its exact zeros."""
+    x, y, fitted = lasso
+    kind, options, steps = LASSO_CASES[case]
+    model = fit_full_batch(x, y, kind, options, steps, l1=ALPHA, l1_mode="proximal", fused=True)
+    assert_lands_on(model, fitted.coef_, fitted.intercept_, tol=TOL)
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["eager", "fused"])
+def test_proximal_l1_with_adam_and_weight_decay_lands_on_elastic_net(fused: bool) -> None:
     """Adam's own weight decay adds ``l2 * w`` to the gradient: the smooth part of the Elastic Net."""
     x, y = design(seed=1)
     alpha, rho = 0.3, 0.6
     l1, l2 = alpha * rho, alpha * (1 - rho)
-    model = fit_full_batch(x, y, "Adam", {"lr": 0.3}, 400, l1=l1, l2=l2, l1_mode="proximal")
+    model = fit_full_batch(x, y, "Adam", {"lr": 0.3}, 400, l1=l1, l2=l2, l1_mode="proximal", fused=fused)
     assert model.trainer.optimizers[0].param_groups[0]["weight_decay"] == l2  # the "decay" group
     enet = ElasticNet(alpha=alpha, l1_ratio=rho, tol=1e-14, max_iter=100_000).fit(x, y.ravel())
     assert 0 < (enet.coef_ == 0).sum() < len(enet.coef_)
@@ -153,12 +168,13 @@ def test_proximal_l1_with_adam_and_weight_decay_lands_on_elastic_net() -> None:
     assert np.all(np.abs(g[~live]) <= l1 + KKT_TOL)
 
 
-def test_proximal_group_l1_with_adam_lands_on_multitask_lasso() -> None:
+@pytest.mark.parametrize("fused", [False, True], ids=["eager", "fused"])
+def test_proximal_group_l1_with_adam_lands_on_multitask_lasso(fused: bool) -> None:
     """The group step is the proximal operator in Adam's metric: every column shrinks along its own steps."""
     x, y = design(outputs=3, seed=2)
     alpha = 0.4
     model = fit_full_batch(
-        x, y, "Adam", {"lr": 0.3}, 400, group_l1=alpha, group_by="columns", l1_mode="proximal"
+        x, y, "Adam", {"lr": 0.3}, 400, group_l1=alpha, group_by="columns", l1_mode="proximal", fused=fused
     )
     mtl = MultiTaskLasso(alpha=alpha, tol=1e-14, max_iter=100_000).fit(x, y)
     dead = np.all(mtl.coef_ == 0, axis=0)
