@@ -21,6 +21,10 @@ initialisation, written out in the package because torchvision's PyPI wheels do 
 CPU build of torch. Lightning trains it with ``RegularizedModule``, which traces the channels on the
 module's ``example_input_array``.
 
+``BatchNormRecalibration`` recomputes the BatchNorm statistics from training batches at the end of
+``fit``: under group L1 the running averages lag behind the shrinking convolutions, and eval-mode
+accuracy would be understated (0.941 instead of 0.972 at the default strength before it was added).
+
 The script prints the parameters before and after shrinking, the fraction of convolution channels
 removed, the largest difference between the two models' outputs in eval mode, and both accuracies.
 """
@@ -36,7 +40,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_reg import RegularizedModule, shrink
+from lightning_reg import BatchNormRecalibration, RegularizedModule, shrink
 from lightning_reg.demos import as_images, load_digits_split
 from lightning_reg.demos.resnet import ResNet
 
@@ -127,6 +131,9 @@ def main(argv: list[str] | None = None) -> None:
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
+        # group L1 shrinks the convolutions in front of each BatchNorm for free; their running statistics
+        # lag behind: recompute them from 20 training batches when fit ends, so that eval mode is honest
+        callbacks=[BatchNormRecalibration(num_batches=20)],
     )
     loader = DataLoader(TensorDataset(data.x_train, data.y_train), batch_size=64, shuffle=True)
     trainer.fit(model, loader)

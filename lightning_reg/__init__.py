@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from lightning_reg.batchnorm import recalibrate_batchnorm
 from lightning_reg.options import RegularizationOptions
 from lightning_reg.regularizer import Regularizer
 from lightning_reg.shrink import shrink
@@ -18,10 +19,12 @@ from lightning_reg.statistics import WeightStatistics
 if TYPE_CHECKING:
     from lightning_reg.module import RegularizedModule
     from lightning_reg.monitor import RegularizationMonitor
+    from lightning_reg.recalibration import BatchNormRecalibration
     from lightning_reg.sweeps import SweepResult, sweep
 
 #: Each Lightning-facing public name, and the module it is imported from when first used.
 _LAZY = {
+    "BatchNormRecalibration": "lightning_reg.recalibration",
     "RegularizedModule": "lightning_reg.module",
     "RegularizationMonitor": "lightning_reg.monitor",
     "SweepResult": "lightning_reg.sweeps",
@@ -29,12 +32,14 @@ _LAZY = {
 }
 
 __all__ = [
+    "BatchNormRecalibration",
     "RegularizationMonitor",
     "RegularizationOptions",
     "RegularizedModule",
     "Regularizer",
     "SweepResult",
     "WeightStatistics",
+    "recalibrate_batchnorm",
     "shrink",
     "sweep",
 ]

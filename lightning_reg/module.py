@@ -92,6 +92,11 @@ def _attach_to_optimizers(module: RegularizedModule, output: Any) -> Any:
     as gradients added right before each ``opt.step()``, each parameter through its own optimizer.
     """
     regularizer = module.regularizer
+    trainer = getattr(module, "_trainer", None)
+    if trainer is not None:  # Lightning is imported: the trainer exists
+        from lightning_reg.recalibration import warn_if_stale
+
+        warn_if_stale(trainer, module, regularizer.has_group_term)
     returned = list(_walk(output))
     optimizers = [item for item in returned if isinstance(item, Optimizer)]
     schedulers = [item for item in returned if isinstance(getattr(item, "optimizer", None), Optimizer)]

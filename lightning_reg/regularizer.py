@@ -199,6 +199,11 @@ class Regularizer:
         return [param for _, param in self.selection.regularized]
 
     @property
+    def has_group_term(self) -> bool:
+        """Whether some group (row, column or coupled channel) has a positive ``group_l1``."""
+        return self._has_group_l1
+
+    @property
     def adds_to_loss(self) -> bool:
         """Whether :meth:`penalty` has any term: the Lightning adapter skips it when not."""
         return self._weights_in_loss or bool(self.activity)

@@ -254,7 +254,7 @@ def _soft_threshold_fused(
             fused_kernels.soft_threshold_(chosen, scales, skipped)
             continue
         states = [optimizer.state[param] for param in chosen]
-        offsets = [form.denominator.offset for index in indices if (form := forms[index]).denominator]
+        offsets = [each.offset for index in indices if (each := forms[index].denominator) is not None]
         fused_kernels.soft_threshold_scaled_(
             chosen,
             [state[denominator.keys[0]] for state in states],

@@ -65,6 +65,7 @@ def test_options_are_frozen() -> None:
 #: The package's Lightning-facing code: every other module is the engine, which needs only torch.
 LIGHTNING_FACING = {
     "lightning_reg.monitor",
+    "lightning_reg.recalibration",
     "lightning_reg.cli",
     "lightning_reg.demos",
     "lightning_reg.sweeps",
