@@ -108,6 +108,10 @@ class GroupProx:
             [index for index, place in enumerate(colour.placements) if id(place.member.param) in crossing]
             for colour in colours
         ]
+        self._dual_placements = [
+            [colour.placements[i] for i in places]
+            for colour, places in zip(colours, self._dual_places, strict=True)
+        ]
         self._dual_views = [
             [group_layout.views(c, b)[i] for i in places] if b is not None else []
             for c, b, places in zip(colours, self._duals, self._dual_places, strict=True)
@@ -170,19 +174,17 @@ class GroupProx:
         group_layout.gather_into(colour.placements, colour.params, self._entry_views[index])
         if (padding := self._padding[index]) is not None:
             self._entries[index].index_fill_(0, padding, 0)
+        states: list[Tensor] = []  # the crossing parameters' duals, read here and written back below
         if views.duals is not None:
             states = [self._dual_state(optimizer, colour.params[i]) for i in self._dual_places[index]]
-            places = [colour.placements[i] for i in self._dual_places[index]]
-            group_layout.gather_into(places, states, self._dual_views[index])
+            group_layout.gather_into(self._dual_placements[index], states, self._dual_views[index])
         if self.fused:
             self._fused_step(optimizer, index, colour, steps, ramp, taken)
         else:
             self._eager_step(optimizer, index, colour, steps, ramp, taken)
         group_layout.scatter_from(colour.placements, self._entry_views[index], colour.params)
         if views.duals is not None and views.shared is not None:
-            states = [self._dual_state(optimizer, colour.params[i]) for i in self._dual_places[index]]
-            places = [colour.placements[i] for i in self._dual_places[index]]
-            group_layout.scatter_from(places, self._dual_views[index], states)
+            group_layout.scatter_from(self._dual_placements[index], self._dual_views[index], states)
 
     def _fused_step(
         self,

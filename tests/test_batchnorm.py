@@ -45,29 +45,46 @@ def images(count: int, seed: int) -> list[Tensor]:
     return [3 + 2 * torch.randn(8, 1, 6, 6, generator=generator) for _ in range(count)]
 
 
+@torch.no_grad()
+def batch_moments(model: nn.Module, inputs: list[Tensor]) -> dict[str, tuple[Tensor, Tensor]]:
+    """Per BatchNorm (by name): the average over ``inputs`` of each batch's per-channel mean and unbiased
+    variance of that layer's input, collected by forward pre-hooks on a copy run in train mode."""
+    copy_ = copy.deepcopy(model).train()
+    seen: dict[str, list[Tensor]] = {}
+    for name, norm in copy_.named_modules():
+        if isinstance(norm, nn.BatchNorm2d):
+            norm.register_forward_pre_hook(
+                lambda module, args, name=name: seen.setdefault(name, []).append(args[0])
+            )
+    for x in inputs:
+        copy_(x)
+    return {
+        name: (
+            torch.stack([x.mean(dim=(0, 2, 3)) for x in batches]).mean(0),
+            torch.stack([x.var(dim=(0, 2, 3), unbiased=True) for x in batches]).mean(0),
+        )
+        for name, batches in seen.items()
+    }
+
+
+def assert_statistics(model: nn.Module, expected: dict[str, tuple[Tensor, Tensor]]) -> None:
+    norms = {name: m for name, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)}
+    assert set(norms) == set(expected)
+    for name, (means, variances) in expected.items():
+        torch.testing.assert_close(norms[name].running_mean, means, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(norms[name].running_var, variances, rtol=1e-5, atol=1e-6)
+
+
 def test_the_statistics_are_the_batches_mean_moments_collected_with_hooks() -> None:
     """Each BatchNorm's running mean and variance: the average over the batches of each batch's
     per-channel mean and unbiased variance of that layer's input, collected here by forward pre-hooks."""
     model = conv_net().eval()
-    seen: dict[nn.Module, list[Tensor]] = {}
-    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    handles = [
-        norm.register_forward_pre_hook(lambda module, args: seen.setdefault(module, []).append(args[0]))
-        for norm in norms
-    ]
-    batches = [(x, torch.zeros(8)) for x in images(5, seed=1)]
-    used = recalibrate_batchnorm(model, batches, num_batches=4)
-    for handle in handles:
-        handle.remove()
+    inputs = images(5, seed=1)
+    expected = batch_moments(model, inputs[:4])
+    used = recalibrate_batchnorm(model, [(x, torch.zeros(8)) for x in inputs], num_batches=4)
     assert used == 4
     assert not model.training  # back in the mode it was in
-    for norm in norms:
-        inputs = seen[norm]
-        assert len(inputs) == 4
-        means = torch.stack([x.mean(dim=(0, 2, 3)) for x in inputs]).mean(0)
-        variances = torch.stack([x.var(dim=(0, 2, 3), unbiased=True) for x in inputs]).mean(0)
-        torch.testing.assert_close(norm.running_mean, means, rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(norm.running_var, variances, rtol=1e-5, atol=1e-6)
+    assert_statistics(model, expected)
 
 
 def test_a_model_without_batchnorm_is_left_alone_and_bad_counts_are_refused() -> None:
@@ -193,26 +210,7 @@ def test_the_callback_recalibrates_before_each_validation_and_after_fit_from_tra
     train, val = loaders()
     quiet_trainer(max_epochs=2, callbacks=[callback], num_sanity_val_steps=2).fit(model, train, val)
     assert callback.used == [3, 3, 3]  # two validations (not the sanity check) and the end of fit
-    expected = copy.deepcopy(model.net)
-    for norm in expected.modules():
-        if isinstance(norm, nn.BatchNorm2d):
-            norm.reset_running_stats()
-    seen: dict[nn.Module, list[Tensor]] = {}
-    first = [x for x, _ in list(train)[:3]]
-    norm_pairs = [
-        (m, e)
-        for m, e in zip(model.net.modules(), expected.modules(), strict=True)
-        if isinstance(m, nn.BatchNorm2d)
-    ]
-    for _, e in norm_pairs:
-        e.register_forward_pre_hook(lambda module, args: seen.setdefault(module, []).append(args[0]))
-    with torch.no_grad():
-        expected.train()
-        for x in first:
-            expected(x)
-    for got, e in norm_pairs:
-        means = torch.stack([x.mean(dim=(0, 2, 3)) for x in seen[e]]).mean(0)
-        torch.testing.assert_close(got.running_mean, means, rtol=1e-5, atol=1e-6)
+    assert_statistics(model.net, batch_moments(model.net, [x for x, _ in list(train)[:3]]))
 
 
 def test_group_l1_with_batchnorm_warns_without_the_callback() -> None:
