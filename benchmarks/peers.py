@@ -15,10 +15,13 @@ number of epochs with plain Adam:
   ``--strengths``, then :func:`lightning_reg.shrink`; its MACs set each row's target;
 - ``Torch-Pruning``: ``GroupNormPruner`` sparse training (its ``regularize`` after each backward), then
   pruning step by step until its MACs are at most the target;
-- ``OTO``: the HESSO optimizer (Adam variant) with a group sparsity chosen to reach the target, then
-  ``construct_subnet``;
-- ``PAT``: torchao's prototype pruning-aware training (group lasso over each convolution's filters), whose
-  zero filters Torch-Pruning then removes (PAT removes nothing itself).
+- ``OTO``: the HESSO optimizer (Adam variant) at each ``--oto-sparsities`` (a fraction of channel groups,
+  not of MACs), then ``construct_subnet``;
+- ``PAT``: torchao's prototype pruning-aware training (group lasso over each convolution's filters) at
+  each ``--pat-strengths``, whose zero filters Torch-Pruning then removes (PAT removes nothing itself).
+
+Torch-Pruning is pruned to each lightning-reg row's MACs; OTO's and PAT's knobs do not set MACs, so each
+of them draws its own front of accuracy against MACs and latency.
 
 Each entry's BatchNorm statistics are recomputed from the training images before every accuracy
 (:func:`lightning_reg.recalibrate_batchnorm`), so that all are measured alike. For each entry the table
@@ -262,7 +265,7 @@ def remove_zero_channels(model: nn.Module, setup: Setup) -> int:
         root = group[0].dep.target.module
         dead = torch.ones(root.weight.shape[0], dtype=torch.bool)
         for item in group:
-            if item.dep.handler is not tp.prune_conv_out_channels:
+            if item.dep.handler != tp.prune_conv_out_channels:  # bound methods: compared by ==
                 continue
             rows = item.dep.target.module.weight.detach().flatten(1)[list(item.idxs)]
             zero = torch.zeros_like(dead)
@@ -299,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--strengths", type=float, nargs="+", default=[1e-2, 2e-2, 4e-2])
+    parser.add_argument("--oto-sparsities", type=float, nargs="+", default=[0.3, 0.5, 0.7])
+    parser.add_argument("--pat-strengths", type=float, nargs="+", default=[1e-3, 3e-3, 1e-2])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--width", type=int, default=16)
     parser.add_argument("--side", type=int, default=16)
@@ -309,15 +314,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
-    if args.quick:
-        args.strengths, args.seeds, args.width, args.epochs, args.finetune, args.repeats = (
-            [4e-2],
-            [0],
-            4,
-            1,
-            1,
-            2,
-        )
+    if args.quick:  # the test suite's smoke run: one point of each method, width 4, one epoch
+        args.strengths, args.oto_sparsities, args.pat_strengths = [4e-2], [0.5], [3e-3]
+        args.seeds, args.width, args.epochs, args.finetune, args.repeats = [0], 4, 1, 1, 2
     data = as_images(load_digits_split(train_size=1200), side=args.side)
     setup = Setup(data, args.epochs, args.finetune, args.batch, args.lr, args.repeats)
     print(
@@ -338,13 +337,15 @@ def main(argv: list[str] | None = None) -> int:
         for strength in args.strengths:
             mine = run_entry(f"lightning-reg {strength:g}", seed, ours, initial, setup, strength, seed)
             print(row(mine), flush=True)
-            peers = [
-                ("Torch-Pruning", torch_pruning, mine.macs),
-                ("OTO", oto, 0.5),  # TODO(next stop): search the group sparsity that reaches mine.macs
-                ("PAT", pat, strength * 10),  # TODO(next stop): search the strength that reaches mine.macs
-            ]
-            for name, entry, knob in peers:
-                print(row(run_entry(name, seed, entry, initial, setup, knob, seed)), flush=True)
+            target = mine.macs  # Torch-Pruning prunes to this row's MACs
+            print(
+                row(run_entry("Torch-Pruning", seed, torch_pruning, initial, setup, target, seed)), flush=True
+            )
+        # OTO's and PAT's knobs do not set MACs: each draws its own front of accuracy against MACs
+        for sparsity in args.oto_sparsities:
+            print(row(run_entry(f"OTO {sparsity:g}", seed, oto, initial, setup, sparsity, seed)), flush=True)
+        for strength in args.pat_strengths:
+            print(row(run_entry(f"PAT {strength:g}", seed, pat, initial, setup, strength, seed)), flush=True)
     return 0
 
 
