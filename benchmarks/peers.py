@@ -297,6 +297,50 @@ def row(result: Result) -> str:
     )
 
 
+def summary(results: list[Result]) -> None:
+    """Each row's mean over the seeds, with the spread (smallest to largest) of its accuracies."""
+    by_method: dict[str, list[Result]] = {}
+    for result in results:
+        if not result.error:
+            by_method.setdefault(result.method, []).append(result)
+    print("\nover the seeds: mean (min..max)")
+    for method, rows in by_method.items():
+        cut = [r.acc_removed for r in rows]
+        tuned = [r.acc_tuned for r in rows]
+        print(
+            f"{method:24s} acc cut {statistics.mean(cut):.3f} ({min(cut):.3f}..{max(cut):.3f})  tuned "
+            f"{statistics.mean(tuned):.3f} ({min(tuned):.3f}..{max(tuned):.3f})  MMACs "
+            f"{statistics.mean(r.macs for r in rows) / 1e6:.2f}  ms "
+            f"{statistics.mean(r.latency_ms for r in rows):.1f}  s/epoch {statistics.mean(r.epoch_s for r in rows):.2f}"
+        )
+
+
+def figure(results: list[Result], path: str) -> None:
+    """Accuracy right after removing channels (filled) and after fine-tuning (hollow) against MACs."""
+    plt = require("matplotlib.pyplot", "benchmarks/peers.py --figure", "demo")
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    families = ["lightning-reg", "Torch-Pruning", "OTO", "PAT"]
+    for family, colour in zip(families, ["C0", "C1", "C2", "C3"], strict=True):
+        rows = [r for r in results if r.method.startswith(family) and not r.error]
+        if not rows:
+            continue
+        macs = [r.macs / 1e6 for r in rows]
+        ax.scatter(macs, [r.acc_removed for r in rows], color=colour, label=f"{family}: right after removal")
+        ax.scatter(
+            macs,
+            [r.acc_tuned for r in rows],
+            facecolors="none",
+            edgecolors=colour,
+            label=f"{family}: fine-tuned",
+        )
+    ax.set_xlabel("MMACs per image after removal")
+    ax.set_ylabel("validation accuracy")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -312,6 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--figure", help="save the fronts (accuracy against MACs) to this PNG file")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
     if args.quick:  # the test suite's smoke run: one point of each method, width 4, one epoch
@@ -331,21 +376,30 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(header)
     print("-" * len(header))
+    results: list[Result] = []
+
+    def report(result: Result) -> None:
+        results.append(result)
+        print(row(result), flush=True)
+
     for seed in args.seeds:
         torch.manual_seed(seed)
         initial = ResNet(num_classes=10, width=args.width, in_channels=1, small_stem=True)
         for strength in args.strengths:
             mine = run_entry(f"lightning-reg {strength:g}", seed, ours, initial, setup, strength, seed)
-            print(row(mine), flush=True)
+            report(mine)
             target = mine.macs  # Torch-Pruning prunes to this row's MACs
             print(
                 row(run_entry("Torch-Pruning", seed, torch_pruning, initial, setup, target, seed)), flush=True
             )
         # OTO's and PAT's knobs do not set MACs: each draws its own front of accuracy against MACs
         for sparsity in args.oto_sparsities:
-            print(row(run_entry(f"OTO {sparsity:g}", seed, oto, initial, setup, sparsity, seed)), flush=True)
+            report(run_entry(f"OTO {sparsity:g}", seed, oto, initial, setup, sparsity, seed))
         for strength in args.pat_strengths:
-            print(row(run_entry(f"PAT {strength:g}", seed, pat, initial, setup, strength, seed)), flush=True)
+            report(run_entry(f"PAT {strength:g}", seed, pat, initial, setup, strength, seed))
+    summary(results)
+    if args.figure:
+        figure(results, args.figure)
     return 0
 
 
