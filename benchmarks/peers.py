@@ -297,6 +297,10 @@ def row(result: Result) -> str:
     )
 
 
+#: The methods, in the order they run; Torch-Pruning needs lightning-reg's rows (their MACs).
+METHODS = ("lightning-reg", "OTO", "PAT")
+
+
 def summary(results: list[Result]) -> None:
     """Each row's mean over the seeds, with the spread (smallest to largest) of its accuracies."""
     by_method: dict[str, list[Result]] = {}
@@ -311,7 +315,8 @@ def summary(results: list[Result]) -> None:
             f"{method:24s} acc cut {statistics.mean(cut):.3f} ({min(cut):.3f}..{max(cut):.3f})  tuned "
             f"{statistics.mean(tuned):.3f} ({min(tuned):.3f}..{max(tuned):.3f})  MMACs "
             f"{statistics.mean(r.macs for r in rows) / 1e6:.2f}  ms "
-            f"{statistics.mean(r.latency_ms for r in rows):.1f}  s/epoch {statistics.mean(r.epoch_s for r in rows):.2f}"
+            f"{statistics.mean(r.latency_ms for r in rows):.1f}  s/epoch "
+            f"{statistics.mean(r.epoch_s for r in rows):.2f}"
         )
 
 
@@ -347,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--strengths", type=float, nargs="+", default=[1e-2, 2e-2, 4e-2])
     parser.add_argument("--oto-sparsities", type=float, nargs="+", default=[0.3, 0.5, 0.7])
-    parser.add_argument("--pat-strengths", type=float, nargs="+", default=[1e-3, 3e-3, 1e-2])
+    parser.add_argument("--pat-strengths", type=float, nargs="+", default=[0.1, 0.3, 1.0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--width", type=int, default=16)
     parser.add_argument("--side", type=int, default=16)
@@ -356,11 +361,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=list(METHODS),
+        choices=METHODS,
+        help="the methods to run (default: all)",
+    )
     parser.add_argument("--figure", help="save the fronts (accuracy against MACs) to this PNG file")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
     if args.quick:  # the test suite's smoke run: one point of each method, width 4, one epoch
-        args.strengths, args.oto_sparsities, args.pat_strengths = [4e-2], [0.5], [3e-3]
+        args.strengths, args.oto_sparsities, args.pat_strengths = [4e-2], [0.5], [0.3]
         args.seeds, args.width, args.epochs, args.finetune, args.repeats = [0], 4, 1, 1, 2
     data = as_images(load_digits_split(train_size=1200), side=args.side)
     setup = Setup(data, args.epochs, args.finetune, args.batch, args.lr, args.repeats)
@@ -385,17 +397,17 @@ def main(argv: list[str] | None = None) -> int:
     for seed in args.seeds:
         torch.manual_seed(seed)
         initial = ResNet(num_classes=10, width=args.width, in_channels=1, small_stem=True)
-        for strength in args.strengths:
+        for strength in args.strengths if "lightning-reg" in args.methods else []:
             mine = run_entry(f"lightning-reg {strength:g}", seed, ours, initial, setup, strength, seed)
             report(mine)
             target = mine.macs  # Torch-Pruning prunes to this row's MACs
-            print(
-                row(run_entry("Torch-Pruning", seed, torch_pruning, initial, setup, target, seed)), flush=True
-            )
+            peer = run_entry("Torch-Pruning", seed, torch_pruning, initial, setup, target, seed)
+            peer.method = f"Torch-Pruning @{strength:g}"  # pruned to that lightning-reg row's MACs
+            report(peer)
         # OTO's and PAT's knobs do not set MACs: each draws its own front of accuracy against MACs
-        for sparsity in args.oto_sparsities:
+        for sparsity in args.oto_sparsities if "OTO" in args.methods else []:
             report(run_entry(f"OTO {sparsity:g}", seed, oto, initial, setup, sparsity, seed))
-        for strength in args.pat_strengths:
+        for strength in args.pat_strengths if "PAT" in args.methods else []:
             report(run_entry(f"PAT {strength:g}", seed, pat, initial, setup, strength, seed))
     summary(results)
     if args.figure:

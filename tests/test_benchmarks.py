@@ -63,3 +63,12 @@ def test_group_step_benchmark_runs_and_prints_each_mode() -> None:
     rows = [line.split() for line in lines if line.startswith(("plain ", "l1 ", "rows ", "channels "))]
     assert [row[0] for row in rows] == ["plain", "l1", "rows", "channels"]
     assert rows[0][2] == "1.00"  # plain Adam is its own baseline
+
+
+def test_peers_benchmark_runs_each_method() -> None:
+    lines = run_benchmark("peers.py", "--quick")
+    for method in ("lightning-reg", "Torch-Pruning", "OTO", "PAT"):
+        rows = [line for line in lines if line.startswith(method)]
+        assert rows, method
+        assert not any("failed:" in line for line in rows), rows
+    assert any(line.startswith("over the seeds") for line in lines)
