@@ -26,9 +26,11 @@ of them draws its own front of accuracy against MACs and latency.
 Each entry's BatchNorm statistics are recomputed from the training images before every accuracy
 (:func:`lightning_reg.recalibrate_batchnorm`), so that all are measured alike. For each entry the table
 gives accuracy right after removing channels and after fine-tuning, MACs and parameters (Torch-Pruning's
-counter), CPU latency (median of ``--repeats`` calls on a batch of 128, eval mode) and training time per
-epoch. A peer that is not installed or fails is reported with its error. The peers come with the
-``peers`` extra: ``pip install 'lightning-reg[peers]'``.
+counter), CPU latency (median of ``--repeats`` calls on a batch of 128, eval mode), training time per
+epoch, and the milliseconds per step the method spends updating the weights (its work after the backward
+pass, and the optimizer's step). A first row per seed trains the same network with plain Adam and removes
+nothing: the dense reference. A peer that is not installed or fails is reported with its error. The
+peers come with the ``peers`` extra: ``pip install 'lightning-reg[peers]'``.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from typing import Any
 
 import torch
@@ -83,7 +85,17 @@ class Result:
     params: float = float("nan")
     latency_ms: float = float("nan")
     epoch_s: float = float("nan")
+    update_ms: float = float("nan")
     error: str = ""
+
+
+@dataclass
+class Timing:
+    """Seconds per epoch, and milliseconds per step spent updating the weights: the method's own work
+    after the backward pass (its ``after_backward``, then ``optimizer.step``)."""
+
+    epoch_s: float
+    update_ms: float
 
 
 def train(
@@ -93,21 +105,25 @@ def train(
     seed: int,
     optimizer: torch.optim.Optimizer | None = None,
     after_backward: Step | None = None,
-) -> float:
-    """``epochs`` epochs of mini-batch training (Adam at ``setup.lr`` unless given); seconds per epoch."""
+) -> Timing:
+    """``epochs`` epochs of mini-batch training (Adam at ``setup.lr`` unless given), timed."""
     data = setup.data
     optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=setup.lr)
     generator = torch.Generator().manual_seed(seed)
+    updating, steps = 0.0, 0
     start = time.perf_counter()
     for _ in range(epochs):
         model.train()
         for index in torch.randperm(len(data.x_train), generator=generator).split(setup.batch):
             optimizer.zero_grad()
             F.cross_entropy(model(data.x_train[index]), data.y_train[index]).backward()
+            update = time.perf_counter()
             if after_backward is not None:
                 after_backward(model)
             optimizer.step()
-    return (time.perf_counter() - start) / max(epochs, 1)
+            updating += time.perf_counter() - update
+            steps += 1
+    return Timing((time.perf_counter() - start) / max(epochs, 1), updating / max(steps, 1) * 1e3)
 
 
 @torch.no_grad()
@@ -143,6 +159,14 @@ def measure(result: Result, small: nn.Module, setup: Setup, seed: int) -> Result
     return result
 
 
+def dense(initial: nn.Module, setup: Setup, seed: int) -> Result:
+    """The reference: plain Adam, nothing removed."""
+    model = copy.deepcopy(initial)
+    result = Result("dense (plain Adam)", seed)
+    result.epoch_s, result.update_ms = astuple(train(model, setup, setup.epochs, seed))
+    return measure(result, model, setup, seed)
+
+
 def ours(initial: nn.Module, setup: Setup, strength: float, seed: int) -> Result:
     model = copy.deepcopy(initial)
     optimizer = torch.optim.Adam(model.parameters(), lr=setup.lr)
@@ -150,7 +174,7 @@ def ours(initial: nn.Module, setup: Setup, strength: float, seed: int) -> Result
         model, group_l1=strength, group_by="channels", l1_mode="proximal", example_inputs=setup.example
     ).attach(optimizer)
     result = Result(f"lightning-reg {strength:g}", seed)
-    result.epoch_s = train(model, setup, setup.epochs, seed, optimizer)
+    result.epoch_s, result.update_ms = astuple(train(model, setup, setup.epochs, seed, optimizer))
     model.eval()
     return measure(result, shrink(model, example_inputs=setup.example), setup, seed)
 
@@ -172,7 +196,9 @@ def torch_pruning(initial: nn.Module, setup: Setup, target_macs: float, seed: in
     )
     pruner.update_regularizer()
     result = Result("Torch-Pruning", seed)
-    result.epoch_s = train(model, setup, setup.epochs, seed, after_backward=pruner.regularize)
+    result.epoch_s, result.update_ms = astuple(
+        train(model, setup, setup.epochs, seed, after_backward=pruner.regularize)
+    )
     macs, _ = tp.utils.count_ops_and_params(model, setup.example)
     steps = 0
     while macs > target_macs and steps < 400:
@@ -226,7 +252,7 @@ def oto(initial: nn.Module, setup: Setup, sparsity: float, seed: int) -> Result:
     )
     result = Result(f"OTO {sparsity:.2f}", seed)
     with _cuda_calls_stay_on_the_cpu():
-        result.epoch_s = train(model, setup, setup.epochs, seed, optimizer)
+        result.epoch_s, result.update_ms = astuple(train(model, setup, setup.epochs, seed, optimizer))
     with tempfile.TemporaryDirectory() as folder:
         graph.construct_subnet(out_dir=folder)
         small = torch.load(graph.compressed_model_path, weights_only=False)  # OTO pickles the module
@@ -249,7 +275,7 @@ def pat(initial: nn.Module, setup: Setup, strength: float, seed: int) -> Result:
         reg_lambda=strength,
     )
     result = Result(f"PAT {strength:g}", seed)
-    result.epoch_s = train(model, setup, setup.epochs, seed, optimizer)
+    result.epoch_s, result.update_ms = astuple(train(model, setup, setup.epochs, seed, optimizer))
     remove_zero_channels(model, setup)
     return measure(result, model, setup, seed)
 
@@ -293,7 +319,8 @@ def row(result: Result) -> str:
         return f"{result.method:24s} {result.seed:4d}  failed: {result.error}"
     return (
         f"{result.method:24s} {result.seed:4d} {result.acc_removed:8.3f} {result.acc_tuned:6.3f} "
-        f"{result.macs / 1e6:7.2f} {result.params / 1e6:7.3f} {result.latency_ms:8.1f} {result.epoch_s:7.2f}"
+        f"{result.macs / 1e6:7.2f} {result.params / 1e6:7.3f} {result.latency_ms:8.1f} {result.epoch_s:7.2f} "
+        f"{result.update_ms:9.1f}"
     )
 
 
@@ -316,33 +343,45 @@ def summary(results: list[Result]) -> None:
             f"{statistics.mean(tuned):.3f} ({min(tuned):.3f}..{max(tuned):.3f})  MMACs "
             f"{statistics.mean(r.macs for r in rows) / 1e6:.2f}  ms "
             f"{statistics.mean(r.latency_ms for r in rows):.1f}  s/epoch "
-            f"{statistics.mean(r.epoch_s for r in rows):.2f}"
+            f"{statistics.mean(r.epoch_s for r in rows):.2f}  update ms "
+            f"{statistics.mean(r.update_ms for r in rows):.1f}"
         )
 
 
 def figure(results: list[Result], path: str) -> None:
-    """Accuracy right after removing channels (filled) and after fine-tuning (hollow) against MACs."""
+    """Accuracy right after removing channels (filled) and after fine-tuning (hollow), against MACs
+    (left) and CPU latency (right): each method's front."""
     plt = require("matplotlib.pyplot", "benchmarks/peers.py --figure", "demo")
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    families = ["lightning-reg", "Torch-Pruning", "OTO", "PAT"]
-    for family, colour in zip(families, ["C0", "C1", "C2", "C3"], strict=True):
-        rows = [r for r in results if r.method.startswith(family) and not r.error]
-        if not rows:
-            continue
-        macs = [r.macs / 1e6 for r in rows]
-        ax.scatter(macs, [r.acc_removed for r in rows], color=colour, label=f"{family}: right after removal")
-        ax.scatter(
-            macs,
-            [r.acc_tuned for r in rows],
-            facecolors="none",
-            edgecolors=colour,
-            label=f"{family}: fine-tuned",
-        )
-    ax.set_xlabel("MMACs per image after removal")
-    ax.set_ylabel("validation accuracy")
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.5), sharey=True)
+    families = ["dense", "lightning-reg", "Torch-Pruning", "OTO", "PAT"]
+    for ax, (label, x_of) in zip(
+        axes,
+        [
+            ("MMACs per image", lambda r: r.macs / 1e6),
+            ("CPU latency, ms per 128 images", lambda r: r.latency_ms),
+        ],
+        strict=True,
+    ):
+        for family, colour in zip(families, ["k", "C0", "C1", "C2", "C3"], strict=True):
+            rows = [r for r in results if r.method.startswith(family) and not r.error]
+            if not rows:
+                continue
+            x = [x_of(r) for r in rows]
+            ax.scatter(x, [r.acc_removed for r in rows], color=colour, label=f"{family}: right after removal")
+            ax.scatter(
+                x,
+                [r.acc_tuned for r in rows],
+                facecolors="none",
+                edgecolors=colour,
+                label=f"{family}: fine-tuned",
+            )
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("validation accuracy")
+    axes[0].set_ylim(0, 1)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=5)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     fig.savefig(path, dpi=120)
 
 
@@ -351,8 +390,8 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--strengths", type=float, nargs="+", default=[1e-2, 2e-2, 4e-2])
-    parser.add_argument("--oto-sparsities", type=float, nargs="+", default=[0.3, 0.5, 0.7])
-    parser.add_argument("--pat-strengths", type=float, nargs="+", default=[0.1, 0.3, 1.0])
+    parser.add_argument("--oto-sparsities", type=float, nargs="+", default=[0.5, 0.7, 0.8])
+    parser.add_argument("--pat-strengths", type=float, nargs="+", default=[0.3, 0.35, 0.45])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--width", type=int, default=16)
     parser.add_argument("--side", type=int, default=16)
@@ -384,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     header = (
         f"{'method':24s} {'seed':>4s} {'acc cut':>8s} {'tuned':>6s} {'MMACs':>7s} {'Mparams':>7s} "
-        f"{'ms':>8s} {'s/epoch':>7s}"
+        f"{'ms':>8s} {'s/epoch':>7s} {'update ms':>9s}"
     )
     print(header)
     print("-" * len(header))
@@ -397,6 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     for seed in args.seeds:
         torch.manual_seed(seed)
         initial = ResNet(num_classes=10, width=args.width, in_channels=1, small_stem=True)
+        report(run_entry("dense (plain Adam)", seed, dense, initial, setup, seed))
         for strength in args.strengths if "lightning-reg" in args.methods else []:
             mine = run_entry(f"lightning-reg {strength:g}", seed, ours, initial, setup, strength, seed)
             report(mine)
