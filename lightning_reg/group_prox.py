@@ -41,10 +41,12 @@ from lightning_reg import fused_group, group_layout
 from lightning_reg.couplings import Coupling
 from lightning_reg.group_layout import CHUNK, Colour, GroupLayout
 
+#: The prefix of every key this engine adds to an optimizer's per-parameter state.
+STATE_PREFIX = "lightning_reg."
 #: The optimizer-state key of each shared entry's dual variable (that of its later unit).
-DUAL = "lightning_reg.dual"
+DUAL = f"{STATE_PREFIX}dual"
 #: The optimizer-state key prefix of each unit's channel norms, the next step's starting point.
-NORMS = "lightning_reg.norms"
+NORMS = f"{STATE_PREFIX}norms"
 #: Newton steps where convergence is not checked (a fixed number: no host synchronisation).
 NEWTON_STEPS = 10
 #: The devices where the solve checks its convergence after each Newton step (reading the check costs

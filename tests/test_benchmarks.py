@@ -50,12 +50,16 @@ def test_structured_benchmark_runs_and_prints_each_strength() -> None:
     assert all(row[1] == row[2] for row in rows)  # the shrunk copy (not yet fine-tuned) has the same accuracy
 
 
-def test_sweep_cost_benchmark_runs_every_variant() -> None:
+def test_sweep_cost_benchmark_runs_every_variant_on_every_task() -> None:
     lines = run_benchmark("sweep_cost.py", "--quick")
-    rows = [line.split() for line in lines[2:-1]]
-    assert [row[0] for row in rows] == ["grid", "pruned", "warm", "TPE"]
-    assert rows[0][2] == rows[0][4] == "1.00"  # the grid is its own baseline
-    assert lines[-1].startswith("targets: warm path <= 0.40")
+    tasks = [line.split(",")[0] for line in lines if ", on val_" in line]
+    assert tasks == ["l2-mlp", "l1-mlp", "group-resnet"]
+    variants = ("grid", "pruned grid", "warm path", "warm path, weights only", "TPE")
+    rows = [line for line in lines if line.startswith(variants)]
+    assert len(rows) == 5 * len(tasks)
+    for grid in rows[::5]:
+        assert grid.split()[:3:2] == ["grid", "1.00"]  # the grid is its own baseline
+    assert any(line.startswith("targets: warm path <= 0.45") for line in lines)
 
 
 def test_group_step_benchmark_runs_and_prints_each_mode() -> None:

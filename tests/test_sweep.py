@@ -21,6 +21,7 @@ from torch.utils.data import TensorDataset
 
 from lightning_reg import SweepResult, sweep
 from lightning_reg.cli import main
+from lightning_reg.sweeps import WARM_START_BUDGET
 
 needs_optuna = pytest.mark.skipif(importlib.util.find_spec("optuna") is None, reason="needs optuna")
 
@@ -35,11 +36,19 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 class ValRegression(RegRegression):
-    """The helpers' regression module, validated: ``val_loss`` is the MSE of one validation batch."""
+    """The helpers' regression module, validated: ``val_loss`` is the MSE of one validation batch; it
+    keeps the value of each validation after the sanity check."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.losses: list[float] = []
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = batch
-        self.log("val_loss", nn.functional.mse_loss(self(x), y))
+        loss = nn.functional.mse_loss(self(x), y)
+        if not self.trainer.sanity_checking:
+            self.losses.append(loss.item())
+        self.log("val_loss", loss)
 
 
 class Recorder:
@@ -65,6 +74,12 @@ def val_loss(model: nn.Module) -> float:
         return nn.functional.mse_loss(model(X[48:]), Y[48:]).item()
 
 
+def best_loss(model: ValRegression) -> float:
+    """The lowest validation loss the model computed; its last is checked against :func:`val_loss`."""
+    assert model.losses[-1] == pytest.approx(val_loss(model), rel=1e-6)
+    return min(model.losses)
+
+
 def zero_fraction(model: nn.Module) -> float:
     """Exact zeros among the entries of the parameters with dim > 1, counted here."""
     weights = [param for param in model.parameters() if param.dim() > 1]
@@ -78,11 +93,13 @@ def test_grid_rows_are_the_product_measured_on_each_model() -> None:
     points = list(itertools.product(L1S, L2S))
     assert make_model.calls == [{"l1": l1, "l2": l2} for l1, l2 in points]
     assert result.names == ("l1", "l2")
-    columns = ["l1", "l2", "val_loss", "sparsity", "seconds", "state", "epochs"]
+    columns = ["l1", "l2", "val_loss", "sparsity", "seconds", "state", "epochs", "best_epoch"]
     assert [list(row) for row in result.table] == [columns] * 4
     assert [(row["state"], row["epochs"]) for row in result.table] == [("complete", 3)] * 4
     assert [(row["l1"], row["l2"]) for row in result.table] == points
-    losses = [val_loss(model) for model in make_model.models]
+    losses = [best_loss(model) for model in make_model.models]
+    epochs = [model.losses.index(min(model.losses)) + 1 for model in make_model.models]
+    assert [row["best_epoch"] for row in result.table] == epochs
     zeros = [zero_fraction(model) for model in make_model.models]
     assert [row["val_loss"] for row in result.table] == pytest.approx(losses, rel=1e-6)
     assert [row["sparsity"] for row in result.table] == zeros
@@ -96,7 +113,7 @@ def test_grid_rows_are_the_product_measured_on_each_model() -> None:
 def test_mode_max_picks_the_largest_monitored_value() -> None:
     make_model = Recorder()
     result = sweep(make_model, TRAIN, VAL, l1=L1S, mode="max", trainer_kwargs={**TRAINER, "max_epochs": 1})
-    losses = [val_loss(model) for model in make_model.models]
+    losses = [best_loss(model) for model in make_model.models]
     assert losses[0] != losses[1]
     assert result.mode == "max"
     assert result.best == {"l1": L1S[losses.index(max(losses))]}
@@ -181,7 +198,10 @@ def test_a_monitor_that_was_not_logged_is_named_with_the_logged_ones() -> None:
             {"l1": [1e-3], "pruner": 3},
             "Invalid pruner: 3 (expected one of 'median', 'hyperband' or an optuna.pruners.BasePruner)",
         ),
-        ({"l1": [1e-3], "warm_start": "yes"}, "Invalid warm_start: 'yes' (expected True or False)"),
+        (
+            {"l1": [1e-3], "warm_start": "yes"},
+            "Invalid warm_start: 'yes' (expected True, False or 'weights')",
+        ),
         ({"l1": [1e-3], "warm_start": True, "n_trials": 2}, "Invalid warm_start: True with n_trials=2"),
         (
             {"l1": [1e-3], "warm_start": True, "pruner": "median"},
@@ -231,7 +251,7 @@ def test_random_search_draws_each_strength_in_its_log_range() -> None:
     assert all(0.01 <= row["l1"] <= 0.3 for row in result.table)
     assert len({row["l1"] for row in result.table}) == 3
     assert all(row["l2"] == 1e-4 for row in result.table)  # equal ends: a fixed strength
-    losses = [val_loss(model) for model in make_model.models]
+    losses = [best_loss(model) for model in make_model.models]
     assert [row["val_loss"] for row in result.table] == pytest.approx(losses, rel=1e-6)
     assert [row["sparsity"] for row in result.table] == [zero_fraction(m) for m in make_model.models]
     assert result.best == make_model.calls[losses.index(min(losses))]
@@ -420,7 +440,8 @@ def test_the_sweep_command_prints_a_row_per_point_and_the_best(
         itertools.product([1e-5, 1e-2], [0, 1e-3])
     )
     losses = [float(row[2]) for row in rows]
-    assert all(0 <= float(row[3]) <= 1 for row in rows)
+    assert all(1 <= int(row[3]) <= 2 for row in rows)  # the epoch of the best value
+    assert all(0 <= float(row[4]) <= 1 for row in rows)
     best = rows[losses.index(min(losses))]
     assert f"best (lowest val_loss): l1={float(best[0]):g}, l2={float(best[1]):g}" in out
     assert figure.read_bytes().startswith(PNG_SIGNATURE)
@@ -433,7 +454,8 @@ def test_the_sweep_command_prints_a_row_per_point_and_the_best(
     lines = err.splitlines()  # one line per finished point: its label, state, value, epochs, seconds
     assert len(lines) == 4
     for line, label, row in zip(lines, labels, rows, strict=True):
-        assert line.startswith(f"{label}  complete  val_loss {float(row[2]):.4f}  2 epochs  "), line
+        value = f"val_loss {float(row[2]):.4f} (best, epoch {row[3]})"
+        assert line.startswith(f"{label}  complete  {value}  2 epochs  "), line
         assert line.endswith(" s")
 
 
@@ -498,12 +520,12 @@ def test_the_sweep_command_prunes_or_warm_starts_validating_every_epoch(
 
     rows = sweep_rows(out)
     assert [float(row[0]) for row in rows] == [1e-5, 1e-3]
-    states = [row[4] for row in rows]
-    epochs = [int(row[5]) for row in rows]
+    states = [row[5] for row in rows]
+    epochs = [int(row[6]) for row in rows]
     labels = [line.split("]")[1].split()[0] for line in err.splitlines()]  # a line per finished point
-    if option == "--warm-start":  # strongest first, trained fully
-        assert labels == ["l1=0.001", "l1=1e-05"]
-        assert (states, epochs[1]) == (["complete"] * 2, 3)
+    if option == "--warm-start":  # weakest first, trained fully; the next within its budget
+        assert labels == ["l1=1e-05", "l1=0.001"]
+        assert (states, epochs) == (["complete"] * 2, [3, math.ceil(WARM_START_BUDGET * 3)])
     else:  # a grid shared through a storage: one trial per point, a report per epoch unless pruned
         assert sorted(labels) == ["l1=0.001", "l1=1e-05"]
         import optuna

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_sweep import TRAIN, TRAINER, VAL, ValRegression, needs_optuna, val_loss
+from test_sweep import TRAIN, TRAINER, VAL, ValRegression, best_loss, needs_optuna
 from torch import Tensor
 
 from lightning_reg import sweep
@@ -65,7 +65,7 @@ def assert_rows(table: list[dict[str, Any]], make_model: Failing) -> None:
             assert row["epochs"] == 1  # the epoch it finished before the error
         else:
             assert (row["state"], row["epochs"], "error" in row) == ("complete", TRAINER["max_epochs"], False)
-            assert row["val_loss"] == pytest.approx(val_loss(make_model.models[row["l1"]]), rel=1e-6)
+            assert row["val_loss"] == pytest.approx(best_loss(make_model.models[row["l1"]]), rel=1e-6)
 
 
 def test_a_caught_error_fails_its_point_and_the_grid_goes_on() -> None:

@@ -22,7 +22,7 @@ import lightning.pytorch as L
 import pytest
 from helpers import quiet_trainer
 from sweep_worker import GRID
-from test_sweep import TRAIN, TRAINER, VAL, ValRegression, needs_optuna, never_called, val_loss
+from test_sweep import TRAIN, TRAINER, VAL, ValRegression, best_loss, needs_optuna, never_called
 
 from lightning_reg import sweep
 
@@ -103,7 +103,7 @@ def test_a_point_whose_worker_was_killed_is_trained_again_by_a_survivor(tmp_path
     L.seed_everything(0, verbose=False)
     model = ValRegression(l1=killed_point, l1_mode="proximal")
     quiet_trainer(max_epochs=TRAINER["max_epochs"]).fit(model, TRAIN, VAL)
-    assert retry.value == pytest.approx(val_loss(model), rel=1e-6)
+    assert retry.value == pytest.approx(best_loss(model), rel=1e-6)
 
 
 class Killed(BaseException):

@@ -6,6 +6,7 @@ validation losses and epochs the models count themselves, the order ``make_model
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import lightning.pytorch as L
@@ -16,7 +17,7 @@ from test_sweep import TRAIN, VAL, ValRegression, needs_optuna, val_loss
 from torch import Tensor, nn
 
 from lightning_reg import sweep
-from lightning_reg.sweeps.study import HYPERBAND_PRUNER, MEDIAN_PRUNER
+from lightning_reg.sweeps.study import HYPERBAND_PRUNER, MEDIAN_PRUNER, MEDIAN_WARMUP
 
 TRAINER = {"max_epochs": 5, "accelerator": "cpu", "devices": 1}
 GRID = [0.01, 0.1, 0.3, 1.0]
@@ -32,7 +33,10 @@ class Counted(ValRegression):
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = batch
-        self.log("val_loss", nn.functional.mse_loss(self(x), y) + self.handicap)
+        loss = nn.functional.mse_loss(self(x), y) + self.handicap
+        if not self.trainer.sanity_checking:
+            self.losses.append(loss.item())
+        self.log("val_loss", loss)
 
     def on_train_epoch_end(self) -> None:
         self.epochs_trained += 1
@@ -76,15 +80,21 @@ def trained_here(l1: float) -> list[float]:
 def test_a_pruner_object_stops_each_point_at_the_first_validation_it_prunes() -> None:
     import optuna
 
-    upper = 1.0  # ThresholdPruner prunes at the first reported value above it
-    expected = []
+    upper, warmup = 1.0, 2  # ThresholdPruner prunes at the first report above upper, from step 2 on
+    expected, raw = [], []
     for l1 in GRID:
         losses = trained_here(l1)
-        stop = next((epoch for epoch, value in enumerate(losses, 1) if value > upper), None)
-        expected.append(("complete", 5, losses[-1]) if stop is None else ("pruned", stop, losses[stop - 1]))
-    # the grid prunes mid-way, at once and never: each case is checked
-    assert {epochs for state, epochs, _ in expected if state == "pruned"} >= {1, 3}
-    assert any(state == "complete" for state, _, _ in expected)
+        raw.append(losses)
+        # the value reported after each validation is the best so far: pruned once all exceed upper
+        stop = next((epoch for epoch in range(warmup, 6) if min(losses[:epoch]) > upper), None)
+        seen = losses if stop is None else losses[:stop]  # a row reports the best value it saw
+        expected.append(("complete" if stop is None else "pruned", len(seen), min(seen)))
+    assert any(state == "pruned" for state, _, _ in expected)
+    # a point whose loss rose above upper after a better value is kept: its best is what counts
+    assert any(
+        state == "complete" and max(losses) > upper
+        for (state, _, _), losses in zip(expected, raw, strict=True)
+    )
 
     models: dict[float, Counted] = {}
 
@@ -97,7 +107,7 @@ def test_a_pruner_object_stops_each_point_at_the_first_validation_it_prunes() ->
         TRAIN,
         VAL,
         l1=GRID,
-        pruner=optuna.pruners.ThresholdPruner(upper=upper),
+        pruner=optuna.pruners.ThresholdPruner(upper=upper, n_warmup_steps=warmup),
         trainer_kwargs=TRAINER,
     )
     assert [row["l1"] for row in result.table] == GRID
@@ -106,7 +116,8 @@ def test_a_pruner_object_stops_each_point_at_the_first_validation_it_prunes() ->
     for row in result.table:
         model = models[row["l1"]]
         assert model.epochs_trained == row["epochs"]
-        assert row["val_loss"] == pytest.approx(val_loss(model), rel=1e-6)  # the model it stopped
+        assert model.losses[-1] == pytest.approx(val_loss(model), rel=1e-6)  # the model it stopped
+        assert row["val_loss"] == pytest.approx(min(model.losses), rel=1e-6)
     assert result.best == {
         "l1": min(
             (row for row in result.table if row["state"] == "complete"), key=lambda row: row["val_loss"]
@@ -115,27 +126,38 @@ def test_a_pruner_object_stops_each_point_at_the_first_validation_it_prunes() ->
 
 
 @needs_optuna
-@pytest.mark.parametrize("kind", ["grid", "tpe"])
-def test_median_pruner_stops_points_worse_than_the_median_at_the_first_report(kind: str) -> None:
+@pytest.mark.parametrize(("kind", "every", "epochs"), [("grid", 1, 5), ("tpe", 1, 5), ("grid", 2, 8)])
+def test_median_pruner_stops_worse_points_at_the_end_of_its_warm_up(
+    kind: str, every: int, epochs: int
+) -> None:
     make_model = HandicapLate(good=MEDIAN_PRUNER["n_startup_trials"])
     rows: list[dict[str, Any]] = []
     options: dict[str, Any] = {"n_trials": 4, "sampler": "tpe"} if kind == "tpe" else {}
+    trainer = {**TRAINER, "max_epochs": epochs, "check_val_every_n_epoch": every}
     result = sweep(
         make_model,
         TRAIN,
         VAL,
         l1=GRID,
         pruner="median",
-        trainer_kwargs=TRAINER,
+        trainer_kwargs=trainer,
         progress=rows.append,
         **options,
     )
 
-    # in the order they were trained: the startup trials complete, the handicapped ones stop at once
+    # no point is pruned in the first half of its validations: the validation that ends it, in epochs
+    warmup = math.ceil(MEDIAN_WARMUP * (epochs // every)) * every
+    assert warmup < epochs
+    # in the order they were trained: the startup trials complete, the handicapped ones stop after warm-up
     assert [{"l1": row["l1"]} for row in rows] == make_model.calls
-    assert [(row["state"], row["epochs"]) for row in rows] == [("complete", 5)] * 2 + [("pruned", 1)] * 2
-    assert [model.epochs_trained for model in make_model.models] == [5, 5, 1, 1]
-    measured = [val_loss(model) + model.handicap for model in make_model.models]
+    assert [(row["state"], row["epochs"]) for row in rows] == [("complete", epochs)] * 2 + [
+        ("pruned", warmup)
+    ] * 2
+    assert [model.epochs_trained for model in make_model.models] == [epochs] * 2 + [warmup] * 2
+    measured = [min(model.losses) for model in make_model.models]
+    assert [model.losses[-1] for model in make_model.models] == pytest.approx(
+        [val_loss(model) + model.handicap for model in make_model.models], rel=1e-6
+    )
     assert [row["val_loss"] for row in rows] == pytest.approx(measured, rel=1e-6)
     by_l1 = sorted(rows, key=lambda row: row["l1"])
     assert result.table == (by_l1 if kind == "grid" else rows)  # progress saw the table's rows

@@ -22,7 +22,7 @@ from lightning_reg.cli.table import format_strength, format_table
 from lightning_reg.demos.digits import TRAIN_SIZE, RegularizedDigitsMLP, load_digits_split
 from lightning_reg.optional import require
 from lightning_reg.options import L1_MODES, STRENGTH_NAMES
-from lightning_reg.sweeps import PRUNERS, SAMPLERS, SweepResult, check_arguments, sweep
+from lightning_reg.sweeps import PRUNERS, SAMPLERS, WARM_START_BUDGET, SweepResult, check_arguments, sweep
 
 #: The strengths ``lightning-reg sweep`` tries when none is given: a short log grid of loss-mode L1.
 DEFAULT_L1 = (1e-5, 1e-4, 1e-3)
@@ -89,8 +89,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--warm-start",
         action="store_true",
-        help="train the grid as a regularization path, strongest first, each point from the previous "
-        f"one's weights until its monitored value stops improving (validating {VALIDATIONS} times a point)",
+        help="train the grid as a regularization path, weakest first, each point from the previous one's "
+        f"weights and optimizer state, for at most {WARM_START_BUDGET:.0%} of the first's epochs or until "
+        f"its monitored value stops improving (validating {VALIDATIONS} times a point)",
     )
     parser.add_argument(
         "--storage",
@@ -148,7 +149,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     def progress(row: dict[str, Any]) -> None:
         value = row[args.monitor]
         line.finish(
-            f"{row['state']}  {args.monitor} {value:.4f}  {row['epochs']} epochs  {row['seconds']:.1f} s"
+            f"{row['state']}  {args.monitor} {value:.4f} (best, epoch {row['best_epoch']})  "
+            f"{row['epochs']} epochs  {row['seconds']:.1f} s"
         )
 
     try:
@@ -183,24 +185,32 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 def format_sweep_table(result: SweepResult) -> str:
     """The rows of ``result`` as an aligned text table, one line per row.
 
+    The monitored value is the point's best, at epoch ``best at``:
+
     >>> row = {"l1": 1e-4, "val_loss": 0.61234, "sparsity": 0.25, "seconds": 3.14159, "state": "pruned",
-    ...        "epochs": 4}
+    ...        "epochs": 4, "best_epoch": 3}
     >>> print(format_sweep_table(SweepResult([row], ("l1",), "val_loss", "min")))
-    l1        val_loss  sparsity  seconds   state  epochs
-    --------  --------  --------  -------  ------  ------
-    1.00e-04    0.6123     0.250      3.1  pruned       4
+    l1        val_loss  best at  sparsity  seconds   state  epochs
+    --------  --------  -------  --------  -------  ------  ------
+    1.00e-04    0.6123        3     0.250      3.1  pruned       4
     """
-    header = (*result.names, result.monitor, "sparsity", "seconds", "state", "epochs")
+    header = (*result.names, result.monitor, "best at", "sparsity", "seconds", "state", "epochs")
     rows = [
         (
             *(format_strength(row[name], 2) for name in result.names),
             f"{row[result.monitor]:.4f}",
+            _text(row.get("best_epoch")),
             f"{row['sparsity']:.3f}",
             f"{row['seconds']:.1f}",
             row.get("state", "complete"),
-            str(row.get("epochs", "")),
+            _text(row.get("epochs")),
         )
         for row in result.table
     ]
     # the strengths are left-aligned, the measurements right-aligned
     return format_table(header, rows, left=len(result.names))
+
+
+def _text(value: object) -> str:
+    """A count of the table, or nothing where it has none."""
+    return "" if value is None else str(value)

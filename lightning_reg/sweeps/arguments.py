@@ -17,7 +17,6 @@ import lightning.pytorch as L
 from lightning_reg.checks import (
     InvalidArgumentError,
     check_choice,
-    check_flag,
     check_integer,
     check_strength_list,
     check_text,
@@ -28,6 +27,9 @@ from lightning_reg.sweeps.study import import_optuna
 
 Sampler = Literal["random", "tpe"]
 Pruner = Literal["median", "hyperband"]
+#: ``sweep``'s ``warm_start``: ``True`` carries the weights and the optimizers' states along a path,
+#: ``"weights"`` only the weights, ``False`` trains every point from scratch.
+WarmStart = bool | Literal["weights"]
 
 SAMPLERS: tuple[Sampler, ...] = ("random", "tpe")
 #: The pruners ``sweep`` builds by name (an ``optuna.pruners.BasePruner`` object is accepted as well).
@@ -59,7 +61,7 @@ class Search:
     study_name: str | None
     seed: int | None
     pruner: object = None  # None, one of PRUNERS or an Optuna pruner
-    warm_start: bool = False
+    warm_start: WarmStart = False
     catch: tuple[type[BaseException], ...] = ()
 
     @property
@@ -81,7 +83,7 @@ class Search:
         return dict(zip(self.names, point, strict=True))
 
     def paths(self) -> list[list[dict[str, float]]]:
-        """The grid as warm-started paths: one per combination of the other strengths, strongest first.
+        """The grid as warm-started paths: one per combination of the other strengths, weakest first.
 
         The path runs along the first swept strength of :data:`PATH_ORDER`; the paths come in the
         product order of the other strengths.
@@ -92,15 +94,15 @@ class Search:
         ... )
         >>> for path in search.paths():
         ...     print(path)
-        [{'l1': 0.001, 'l2': 0.0}, {'l1': 0.0001, 'l2': 0.0}]
-        [{'l1': 0.001, 'l2': 0.1}, {'l1': 0.0001, 'l2': 0.1}]
+        [{'l1': 0.0001, 'l2': 0.0}, {'l1': 0.001, 'l2': 0.0}]
+        [{'l1': 0.0001, 'l2': 0.1}, {'l1': 0.001, 'l2': 0.1}]
         """
         along = next(name for name in PATH_ORDER if name in self.values)
         paths: dict[tuple[float, ...], list[dict[str, float]]] = {}
         others = [name for name in self.names if name != along]
         for point in map(self.strengths, self.points()):
             paths.setdefault(tuple(point[name] for name in others), []).append(point)
-        return [sorted(path, key=lambda point: -point[along]) for path in paths.values()]
+        return [sorted(path, key=lambda point: point[along]) for path in paths.values()]
 
 
 def check_arguments(
@@ -136,7 +138,7 @@ def check_arguments(
         study_name: the study's name, or ``None``.
         seed: an integer from ``0`` to ``2**32 - 1``, or ``None``.
         pruner: ``None``, ``"median"``, ``"hyperband"`` or an ``optuna.pruners.BasePruner``.
-        warm_start: ``True`` or ``False``.
+        warm_start: ``True``, ``False`` or ``"weights"``.
         catch: an exception class, or a tuple of them.
         progress: a callable that takes a row, or ``None``.
 
@@ -180,7 +182,7 @@ def check_arguments(
     if study_name is not None:
         study_name = check_text("study_name", study_name)
     checked_pruner = _pruner(pruner)
-    warm = check_flag("warm_start", warm_start)
+    warm = _warm_start(warm_start)
     caught = _exception_types("catch", catch)
     if progress is not None and not callable(progress):
         raise InvalidArgumentError("progress", progress, "a callable that takes a row, or None")
@@ -204,7 +206,7 @@ def check_arguments(
         for name, value in (("n_trials", trials), ("storage", storage), ("pruner", checked_pruner)):
             if value is not None:
                 raise ValueError(
-                    f"Invalid warm_start: True with {name}={value!r} (a warm-started path trains the "
+                    f"Invalid warm_start: {warm!r} with {name}={value!r} (a warm-started path trains the "
                     "points of a grid one after another in this process, each stopped by its own "
                     "rule; drop warm_start or " + name + ")"
                 )
@@ -224,6 +226,15 @@ def check_arguments(
         warm_start=warm,
         catch=caught,
     )
+
+
+def _warm_start(value: object) -> WarmStart:
+    """``value`` if it is ``True``, ``False`` or ``"weights"``."""
+    if isinstance(value, bool):
+        return value
+    if value == "weights":
+        return "weights"
+    raise InvalidArgumentError("warm_start", value, "True, False or 'weights'")
 
 
 def _storage(value: object) -> object:

@@ -25,7 +25,7 @@ MODES: tuple[Mode, ...] = ("min", "max")
 STATES: tuple[State, ...] = ("complete", "pruned", "failed")
 #: The measured columns of every row, after the strengths and the monitored value; a failed row adds
 #: ``"error"`` after them.
-MEASUREMENTS = ("sparsity", "seconds", "state", "epochs")
+MEASUREMENTS = ("sparsity", "seconds", "state", "epochs", "best_epoch")
 
 
 @dataclass(frozen=True)
@@ -34,13 +34,14 @@ class SweepResult:
 
     Attributes:
         table: one dict per point: each swept strength by name, the monitored value under the
-            ``monitor``'s name (a pruned point's last one; NaN for a failed point), ``sparsity``
-            (fraction of the regularized weights exactly ``0`` after training), ``seconds`` (the wall
-            time of ``Trainer.fit``), ``state`` (``"complete"``, ``"pruned"`` or ``"failed"``),
-            ``epochs`` (the epochs it trained) and, for a failed point, ``error`` (the exception, as
-            ``"ValueError: message"``). A grid's rows come in the grid's order (``l1`` varies slowest),
-            whatever order the points were trained in; a search's rows by trial number. A row without
-            ``state`` counts as complete.
+            ``monitor``'s name (the best over the point's validations, a pruned point's included; NaN
+            for a failed point), ``sparsity`` (fraction of the regularized weights exactly ``0`` after
+            training), ``seconds`` (the wall time of ``Trainer.fit``), ``state`` (``"complete"``,
+            ``"pruned"`` or ``"failed"``), ``epochs`` (the epochs it trained), ``best_epoch`` (the
+            epoch of the best value; ``None`` for a failed point) and, for a failed point, ``error``
+            (the exception, as ``"ValueError: message"``). A grid's rows come in the grid's order
+            (``l1`` varies slowest), whatever order the points were trained in; a search's rows by
+            trial number. A row without ``state`` counts as complete.
         names: the swept strengths, a subset of ``("l1", "l2", "group_l1")`` in that order.
         monitor: the name of the monitored metric.
         mode: ``"min"`` or ``"max"``: which monitored value is best.

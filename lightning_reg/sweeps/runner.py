@@ -13,14 +13,15 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as L
 from lightning.pytorch.callbacks import Callback, EarlyStopping
 
 from lightning_reg.module import regularizer_of
-from lightning_reg.sweeps.arguments import Pruner, Sampler, Search, check_arguments
-from lightning_reg.sweeps.callbacks import ReportToTrial
+from lightning_reg.sweeps.arguments import Pruner, Sampler, Search, WarmStart, check_arguments
+from lightning_reg.sweeps.callbacks import BestValue, CarryOptimizerState, ReportToTrial
 from lightning_reg.sweeps.result import Mode, SweepResult
 from lightning_reg.sweeps.study import describe_error, optimize
 
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
 #: Validations without improvement after which a warm-started point stops (``EarlyStopping``'s
 #: ``patience``; with ``check_val_every_n_epoch=k`` that is ``k`` times as many epochs).
 WARM_START_PATIENCE = 3
+#: A warm-started point trains at most this fraction of the epochs its path's first point trained.
+WARM_START_BUDGET = 0.35
 
 
 def sweep(
@@ -49,7 +52,7 @@ def sweep(
     study_name: str | None = None,
     seed: int | None = 0,
     pruner: Pruner | optuna.pruners.BasePruner | None = None,
-    warm_start: bool = False,
+    warm_start: WarmStart = False,
     catch: type[BaseException] | tuple[type[BaseException], ...] = (),
     progress: Callable[[dict[str, Any]], object] | None = None,
 ) -> SweepResult:
@@ -58,11 +61,12 @@ def sweep(
     For each point, ``make_model(**strengths)`` builds the model, with the swept strengths only as
     keywords (``make_model(l1=1e-4, l2=1e-3)`` when ``l1`` and ``l2`` are swept); a fresh
     ``lightning.pytorch.Trainer(**{**TRAINER_DEFAULTS, **trainer_kwargs})`` fits it on the given
-    dataloaders; the row records ``trainer.callback_metrics[monitor]`` after ``fit`` (log it in
-    ``validation_step``), the sparsity of the model's regularized weights (its ``regularizer`` for a
-    :class:`~lightning_reg.module.RegularizedModule`, else ``Regularizer(model)``'s selection; NaN if it
-    has none), the seconds ``fit`` took, the point's ``state`` and the ``epochs`` it trained (see
-    :class:`SweepResult`).
+    dataloaders; the row records the best value of ``monitor`` over the point's validations (log it in
+    ``validation_step``; as ``EarlyStopping`` and ``ModelCheckpoint`` judge a run) and ``best_epoch``,
+    the epoch it came at; the sparsity of the model's regularized weights at the end of ``fit`` (its
+    ``regularizer`` for a :class:`~lightning_reg.module.RegularizedModule`, else ``Regularizer(model)``'s
+    selection; NaN if it has none), the seconds ``fit`` took, the point's ``state`` and the ``epochs`` it
+    trained (see :class:`SweepResult`).
 
     - Grid (default): every combination of the given lists, in order (``l1`` varies slowest).
     - ``n_trials``: each list gives the range ``[min, max]`` that Optuna searches on a log scale (a
@@ -70,9 +74,12 @@ def sweep(
       ``"tpe"``.
     - ``pruner``: the monitored value is reported to Optuna after every validation, and Optuna's
       ``MedianPruner`` (``"median"``) or ``HyperbandPruner`` (``"hyperband"``), or the pruner object
-      given, stops an unpromising point early: its row is ``"pruned"``, with its last value and its
-      epochs. A grid with a pruner runs as an Optuna study (``GridSampler``); validate more than once
-      per point (``check_val_every_n_epoch``) for the pruner to have something to compare.
+      given, stops an unpromising point early: its row is ``"pruned"``, with the best value it reached
+      and its epochs. The value reported after each validation is the point's best so far, as its row
+      shows it. ``"median"`` prunes no point in the first half of its validations
+      (:data:`~lightning_reg.sweeps.study.MEDIAN_WARMUP`). A grid with a pruner runs as an Optuna
+      study (``GridSampler``); validate several times per point for the pruner to have something to
+      compare.
     - ``storage`` (with ``study_name``): the study is created or loaded there, and every process or
       machine that runs the same call is a worker of it. A grid is shared: each point is trained once
       across the workers. ``n_trials`` counts the study's trials across the workers, not each worker's:
@@ -85,12 +92,16 @@ def sweep(
     - ``warm_start`` (a grid without pruner or storage): the regularization path. The grid is cut into
       paths along the first swept strength of ``l1``, ``group_l1``, ``l2`` (in that order of
       preference), one path per combination of the other swept strengths, and each path runs from its
-      strongest value to its weakest, as glmnet does: the strongest strength gives the sparsest, simplest
-      model, and each weaker one starts near its solution. The first point of a path trains fully;
-      each later one loads the weights of the path's previous complete point (``load_state_dict``, so
-      ``make_model`` must build the same architecture) and stops once its monitored value has not
-      improved for :data:`WARM_START_PATIENCE` validations (``EarlyStopping``), or at ``max_epochs``.
-      The rows still come in the grid's order.
+      weakest value to its strongest (glmnet runs the other way, from the strength that zeroes every
+      weight; a network zeroed that way has no gradient to grow back from). The first point of a path
+      trains fully; each later one starts from the path's previous complete point: its weights
+      (``load_state_dict``, so ``make_model`` must build the same architecture) and, with ``True``, its
+      optimizers' states (moments and step counts, not the learning rate or ``weight_decay``; see
+      :class:`~lightning_reg.sweeps.callbacks.CarryOptimizerState`). It trains at most
+      :data:`WARM_START_BUDGET` of the first point's epochs, and stops earlier once its monitored value
+      has not improved for :data:`WARM_START_PATIENCE` validations (``EarlyStopping``). A learning-rate
+      schedule restarts with each point, over that point's epochs. The rows still come in the grid's
+      order.
     - ``catch``: an error of one of these types while a point is built or trained makes its row
       ``"failed"`` (with ``error``), and the sweep goes on; other errors propagate.
 
@@ -120,7 +131,8 @@ def sweep(
             the same weights and data order; it also seeds the sampler, unless the study is in a
             ``storage`` (workers sharing it would draw the same points). ``None``: no seeding.
         pruner: ``"median"``, ``"hyperband"`` or an ``optuna.pruners.BasePruner``; ``None``: none.
-        warm_start: train the grid as regularization paths, each point from the previous one's weights.
+        warm_start: train the grid as regularization paths, each point from the previous one's weights
+            and optimizer state (``True``) or weights only (``"weights"``).
         catch: the exception types that fail one point rather than the sweep (Optuna's convention).
         progress: called with each row of this process, as its point finishes (the command line
             prints a line from it).
@@ -171,9 +183,9 @@ def sweep(
         >>> result.best
         {'l1': 0.001}
 
-    The same grid as a warm-started path: ``l1=1.0`` trains fully, then ``1e-3`` starts from its
-    weights and trains until its loss has not improved for 3 validations (here it improves to the
-    end); a failing point is caught::
+    The same grid as a warm-started path: ``l1=1e-3`` trains fully, then ``1.0`` starts from its
+    weights and optimizer state and trains at most 35 % of those epochs (7): here it stops after 4, its
+    loss not improved for 3 validations; a failing point is caught::
 
         >>> def make_model(**strengths):
         ...     if strengths["l1"] == 0.1:
@@ -184,7 +196,7 @@ def sweep(
         ...     trainer_kwargs={"max_epochs": 20, "accelerator": "cpu"},
         ... )
         >>> [(row["l1"], row["state"], row["epochs"]) for row in path.table]
-        [(0.001, 'complete', 20), (0.1, 'failed', 0), (1.0, 'complete', 20)]
+        [(0.001, 'complete', 20), (0.1, 'failed', 0), (1.0, 'complete', 4)]
         >>> path.table[1]["error"]
         'RuntimeError: no model for 0.1'
     """
@@ -209,12 +221,12 @@ def sweep(
     def train(
         strengths: dict[str, float],
         trial: optuna.Trial | None = None,
-        start_from: L.LightningModule | None = None,
-    ) -> tuple[dict[str, Any], L.LightningModule | None]:
-        row, model = _train_point(make_model, strengths, loaders, search, trial, start_from)
+        start_from: Trained | None = None,
+    ) -> tuple[dict[str, Any], Trained | None]:
+        row, trained = _train_point(make_model, strengths, loaders, search, trial, start_from)
         if progress is not None:
             progress(row)
-        return row, model
+        return row, trained
 
     if search.uses_study:
         table = optimize(lambda strengths, trial: train(strengths, trial)[0], search)
@@ -225,17 +237,27 @@ def sweep(
     return SweepResult(table=table, names=search.names, monitor=monitor, mode=search.mode)
 
 
+@dataclass(frozen=True)
+class Trained:
+    """A trained point, for the next point of its path: its final weights and optimizers' states, and
+    the epochs its path's first point trained."""
+
+    weights: dict[str, Any]
+    optimizer_states: list[dict[str, Any]]
+    epochs: int
+
+
 def _warm_paths(
-    train: Callable[..., tuple[dict[str, Any], L.LightningModule | None]], search: Search
+    train: Callable[..., tuple[dict[str, Any], Trained | None]], search: Search
 ) -> list[dict[str, Any]]:
     """Train each path of the grid, each point from the previous complete one; the rows in grid order."""
     rows: dict[tuple[float, ...], list[dict[str, Any]]] = {}
     for path in search.paths():
         previous = None
         for strengths in path:
-            row, model = train(strengths, start_from=previous)
-            if row["state"] == "complete":
-                previous = model
+            row, trained = train(strengths, start_from=previous)
+            if row["state"] == "complete" and trained is not None:  # patience counts the first's epochs
+                previous = trained if previous is None else replace(trained, epochs=previous.epochs)
             rows.setdefault(tuple(strengths.values()), []).append(row)
     return [rows[point].pop(0) for point in search.points()]
 
@@ -246,40 +268,51 @@ def _train_point(
     loaders: tuple[Any, Any],
     search: Search,
     trial: optuna.Trial | None,
-    start_from: L.LightningModule | None,
-) -> tuple[dict[str, Any], L.LightningModule | None]:
-    """Build, fit and measure the model of one point: its row of the table, and the model.
+    start_from: Trained | None,
+) -> tuple[dict[str, Any], Trained | None]:
+    """Build, fit and measure the model of one point: its row of the table, and what the next point of a
+    path starts from.
 
     With ``trial`` (a pruner), each validation is reported to it; with ``start_from`` (a warm start),
-    the model starts from its weights and stops by :data:`WARM_START_PATIENCE`. An error of a type in
-    ``search.catch`` gives a failed row (and no model).
+    the model starts from its weights (and its optimizers from their states, unless the warm start is
+    ``"weights"``) and stops by :func:`warm_patience`. An error of a type in ``search.catch`` gives a
+    failed row (and nothing to start from).
     """
     if search.seed is not None:
         L.seed_everything(search.seed, verbose=False)
-    extra: list[Callback] = []
     reporter = None
     if trial is not None and search.pruner is not None:
-        reporter = ReportToTrial(trial, search.monitor)
-        extra.append(reporter)
+        reporter = ReportToTrial(trial, search.monitor, search.mode)
+    best = reporter or BestValue(search.monitor, search.mode)  # a reporter keeps the best value too
+    extra: list[Callback] = [best]
+    kwargs = search.trainer_kwargs
     if start_from is not None:
         extra.append(EarlyStopping(search.monitor, patience=WARM_START_PATIENCE, mode=search.mode))
-    kwargs = search.trainer_kwargs
-    if extra:
-        given = kwargs.get("callbacks") or []
-        kwargs = {**kwargs, "callbacks": [*([given] if isinstance(given, Callback) else given), *extra]}
+        if search.warm_start is True:
+            extra.append(CarryOptimizerState(start_from.optimizer_states))
+        kwargs = {**kwargs, "max_epochs": warm_epochs(start_from.epochs)}
+    given = kwargs.get("callbacks") or []
+    kwargs = {**kwargs, "callbacks": [*([given] if isinstance(given, Callback) else given), *extra]}
     trainer = None
     start = time.perf_counter()
     try:
         model = make_model(**strengths)
         if start_from is not None:
-            model.load_state_dict(start_from.state_dict())
+            model.load_state_dict(start_from.weights)
         trainer = L.Trainer(**kwargs)
         start = time.perf_counter()
         trainer.fit(model, *loaders)
     except search.catch as error:
         failed = {search.monitor: math.nan, "sparsity": math.nan, "seconds": time.perf_counter() - start}
         epochs = 0 if trainer is None else trainer.current_epoch
-        row = {**strengths, **failed, "state": "failed", "epochs": epochs, "error": describe_error(error)}
+        row = {
+            **strengths,
+            **failed,
+            "state": "failed",
+            "epochs": epochs,
+            "best_epoch": None,
+            "error": describe_error(error),
+        }
         return row, None
     seconds = time.perf_counter() - start
     metrics = trainer.callback_metrics
@@ -290,13 +323,28 @@ def _train_point(
         )
     row = {
         **strengths,
-        search.monitor: float(metrics[search.monitor]),
+        # the best validation's value and epoch; without one, the value logged last (at the last epoch)
+        search.monitor: best.value if best.epoch is not None else float(metrics[search.monitor]),
         "sparsity": _sparsity(model),
         "seconds": seconds,
         "state": "pruned" if reporter is not None and reporter.pruned else "complete",
         "epochs": trainer.current_epoch,
+        "best_epoch": best.epoch if best.epoch is not None else trainer.current_epoch,
     }
-    return row, model
+    if not search.warm_start:
+        return row, None
+    states = [optimizer.state_dict() for optimizer in trainer.optimizers]
+    return row, Trained(model.state_dict(), states, trainer.current_epoch)
+
+
+def warm_epochs(first: int) -> int:
+    """The epochs a warm-started point may train: :data:`WARM_START_BUDGET` of its path's first point's
+    ``first`` epochs, rounded up.
+
+    >>> warm_epochs(100), warm_epochs(1)
+    (35, 1)
+    """
+    return max(1, math.ceil(WARM_START_BUDGET * first))
 
 
 def _sparsity(model: L.LightningModule) -> float:

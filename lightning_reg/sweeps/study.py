@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from lightning_reg.sweeps.storages import describe, has_heartbeats, open_storage, retry_database_race
@@ -38,8 +38,14 @@ if TYPE_CHECKING:
 TrainPoint = Callable[[dict[str, float], "optuna.Trial"], dict[str, Any]]
 #: Seconds a worker waits before it looks again at trials running elsewhere.
 POLL_SECONDS = 1.0
-#: ``"median"``: Optuna's ``MedianPruner`` with these arguments.
-MEDIAN_PRUNER = {"n_startup_trials": 2, "n_warmup_steps": 0}
+#: ``"median"``: Optuna's ``MedianPruner`` with these arguments, and a warm-up of
+#: :data:`MEDIAN_WARMUP` of a point's validations.
+MEDIAN_PRUNER = {"n_startup_trials": 2}
+#: The share of a point's validations (of ``max_epochs``; Lightning's 1000 when not given) before
+#: ``"median"`` may prune it, whatever ``check_val_every_n_epoch`` is.
+MEDIAN_WARMUP = 0.5
+#: The epochs Lightning trains when neither ``max_epochs`` nor ``max_steps`` is given.
+LIGHTNING_MAX_EPOCHS = 1000
 #: ``"hyperband"``: Optuna's ``HyperbandPruner`` with these arguments (resources are epochs).
 HYPERBAND_PRUNER = {"min_resource": 1, "max_resource": "auto", "reduction_factor": 3}
 #: Seconds a worker waits for the retry of a dead worker's trial to be queued, before it counts the
@@ -84,7 +90,7 @@ def optimize(train: TrainPoint, search: Search) -> list[dict[str, Any]]:
             raise
         if row["state"] == "complete" and math.isnan(row[search.monitor]):
             row["error"] = f"{search.monitor} is NaN, which Optuna does not accept as a trial's value"
-        for key in ("sparsity", "seconds", "epochs", "error"):
+        for key in ("sparsity", "seconds", "epochs", "best_epoch", "error"):
             if key in row:
                 trial.set_user_attr(key, row[key])
         if row["state"] == "failed":
@@ -162,10 +168,24 @@ def _pruner(library: Any, search: Search) -> optuna.pruners.BasePruner:
     if search.pruner is None:
         return library.pruners.NopPruner()  # type: ignore[no-any-return]
     if search.pruner == "median":
-        return library.pruners.MedianPruner(**MEDIAN_PRUNER)  # type: ignore[no-any-return]
+        warmup = median_warmup(search.trainer_kwargs)
+        return library.pruners.MedianPruner(**MEDIAN_PRUNER, n_warmup_steps=warmup)  # type: ignore[no-any-return]
     if search.pruner == "hyperband":
         return library.pruners.HyperbandPruner(**HYPERBAND_PRUNER)  # type: ignore[no-any-return]
     return search.pruner  # type: ignore[return-value]
+
+
+def median_warmup(trainer_kwargs: Mapping[str, Any]) -> int:
+    """``"median"``'s ``n_warmup_steps``, in epochs: the epoch of the validation that ends the first
+    :data:`MEDIAN_WARMUP` of a point's validations.
+
+    >>> median_warmup({"max_epochs": 100, "check_val_every_n_epoch": 5}), median_warmup({"max_epochs": 9})
+    (50, 5)
+    """
+    every = int(trainer_kwargs.get("check_val_every_n_epoch") or 1)
+    epochs = trainer_kwargs.get("max_epochs")
+    validations = (epochs if isinstance(epochs, int) and epochs > 0 else LIGHTNING_MAX_EPOCHS) // every
+    return max(1, math.ceil(MEDIAN_WARMUP * validations)) * every
 
 
 def _direction(search: Search) -> str:
@@ -331,17 +351,29 @@ def _rows(trials: list[optuna.trial.FrozenTrial], search: Search) -> list[dict[s
     return sorted(rows, key=lambda row: order[id(row)])
 
 
+def _value(trial: optuna.trial.FrozenTrial, search: Search) -> float:
+    """A finished trial's best value: its own (a complete trial's value is its point's best), or for a
+    pruned one the best it reported (it reported every validation)."""
+    if trial.value is not None and trial.state.name == "COMPLETE":
+        return float(trial.value)
+    reported = list(trial.intermediate_values.values())
+    if not reported:
+        return math.nan if trial.value is None else float(trial.value)
+    return float(min(reported) if search.mode == "min" else max(reported))
+
+
 def _trial_row(trial: optuna.trial.FrozenTrial, search: Search) -> dict[str, Any]:
     """The row of one finished trial."""
     state = _STATES[trial.state.name]
     attrs = trial.user_attrs
     row: dict[str, Any] = {
         **{name: float(trial.params[name]) for name in search.names},
-        search.monitor: math.nan if trial.value is None or state == "failed" else float(trial.value),
+        search.monitor: _value(trial, search) if state != "failed" else math.nan,
         "sparsity": float(attrs.get("sparsity", math.nan)),
         "seconds": float(attrs.get("seconds", math.nan)),
         "state": state,
         "epochs": attrs.get("epochs", math.nan),
+        "best_epoch": attrs.get("best_epoch"),
     }
     if state == "failed":
         row["error"] = attrs.get("error", "its worker stopped (no heartbeat) before the point finished")
