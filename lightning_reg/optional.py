@@ -1,14 +1,32 @@
-"""Optional dependencies: imported only by the feature that needs them, with one message when missing.
+"""Optional imports, all in this module: each is imported only by the feature that needs it, with one
+message when missing.
 
-scikit-learn and matplotlib come with the ``demo`` extra, Optuna with the ``sweep`` extra. A feature
-imports them through :func:`require`, which names the feature, the missing distribution and the ``pip``
-command that installs it.
+scikit-learn and matplotlib come with the ``demo`` extra, Optuna with the ``sweep`` extra, Torch-Pruning
+with the ``structured`` extra. A feature imports them through :func:`require` (or :func:`import_optuna`),
+which names the feature, the missing distribution and the ``pip`` command that installs it. torch's
+public ``DTensor`` (torch >= 2.4) is imported here too: ``None`` on earlier releases.
 """
 
 from __future__ import annotations
 
 import importlib
 from types import ModuleType
+from typing import Any
+
+try:  # torch >= 2.4; earlier releases keep DTensor private
+    from torch.distributed.tensor import DTensor, Partial, Replicate, Shard
+except ImportError:  # pragma: no cover - depends on the torch build
+    DTensor = Partial = Replicate = Shard = None  # type: ignore[misc,assignment]
+
+__all__ = [
+    "DTensor",
+    "MissingDependencyError",
+    "Partial",
+    "Replicate",
+    "Shard",
+    "import_optuna",
+    "require",
+]
 
 #: Import name -> distribution name, where they differ.
 _DISTRIBUTIONS = {"sklearn": "scikit-learn"}
@@ -45,3 +63,12 @@ def require(module: str, feature: str, extra: str) -> ModuleType:
             f"{feature} needs {_DISTRIBUTIONS.get(top, top)}, which is not installed: "
             f"pip install 'lightning-reg[{extra}]'"
         ) from error
+
+
+def import_optuna() -> Any:
+    """The ``optuna`` module, for sweeps with ``n_trials``, ``storage`` or ``pruner``.
+
+    Raises:
+        MissingDependencyError: Optuna is not installed.
+    """
+    return require("optuna", "sweep with n_trials, storage or pruner", "sweep")

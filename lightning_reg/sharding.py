@@ -14,10 +14,7 @@ from typing import Any
 import torch.distributed as dist
 from torch import Tensor
 
-try:  # torch >= 2.4; earlier releases keep DTensor private
-    from torch.distributed.tensor import DTensor, Partial, Replicate, Shard
-except ImportError:  # pragma: no cover - depends on the torch build
-    DTensor = None  # type: ignore[misc,assignment]
+from lightning_reg.optional import DTensor, Partial, Replicate, Shard
 
 
 def is_sharded(tensor: Tensor) -> bool:

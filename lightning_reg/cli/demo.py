@@ -29,16 +29,16 @@ import csv
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple, TextIO
+from typing import TextIO
 
 import lightning.pytorch as L
 from lightning.pytorch.loggers import CSVLogger
 
 from lightning_reg.cli.arguments import parse_png_path, parse_positive_int, parse_seed
 from lightning_reg.cli.demo_plot import CURVES, plot_results
+from lightning_reg.cli.demo_variants import Variant, VariantResult
 from lightning_reg.cli.progress import ProgressLine
 from lightning_reg.cli.quiet import quiet_lightning
 from lightning_reg.cli.table import format_strength, format_table
@@ -53,7 +53,7 @@ from lightning_reg.demos.digits import (
 )
 from lightning_reg.monitor import RegularizationMonitor
 from lightning_reg.optional import MissingDependencyError, require
-from lightning_reg.options import GroupBy, L1Mode
+from lightning_reg.options import GroupBy
 from lightning_reg.statistics import NEAR_ZERO_TOL
 
 #: Default number of epochs; every variant fits the training split perfectly well before the end.
@@ -113,27 +113,6 @@ GROUP_L1_STRENGTH = 1e-3
 GROUP_BY: GroupBy = "rows"
 
 
-class Variant(NamedTuple):
-    """One row of the demo: a name and the options the model is built with."""
-
-    name: str
-    l1: float
-    l2: float
-    #: ``"loss"`` or ``"proximal"``: how ``l1`` and ``group_l1`` reach the weights.
-    l1_mode: L1Mode = "loss"
-    group_l1: float = 0.0
-
-    @property
-    def slug(self) -> str:
-        """The name as a directory name: ``"Elastic Net prox"`` -> ``"elastic_net_prox"``."""
-        return self.name.lower().replace(" ", "_")
-
-    @property
-    def mode(self) -> str:
-        """``l1_mode`` where there is an L1 or group term, else ``"-"``."""
-        return self.l1_mode if self.l1 > 0 or self.group_l1 > 0 else "-"
-
-
 #: The variants the demo trains, in table order. Add a variant here and it is trained, tabled and plotted.
 VARIANTS: tuple[Variant, ...] = (
     Variant("none", l1=0.0, l2=0.0),
@@ -144,28 +123,6 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("Elastic Net prox", l1=PROX_L1_STRENGTH, l2=L2_STRENGTH, l1_mode="proximal"),
     Variant("Group L1 prox", l1=0.0, l2=0.0, l1_mode="proximal", group_l1=GROUP_L1_STRENGTH),
 )
-
-
-@dataclass(frozen=True)
-class VariantResult:
-    """What one trained variant scored. Accuracies and losses are measured after the last epoch."""
-
-    variant: Variant
-    train_acc: float
-    val_acc: float
-    val_loss: float
-    sparsity: float
-    near_zero: float
-    #: Fraction of the rows of the regularized weight matrices that are entirely zero (``dead_units``).
-    dead_units: float
-    seconds: float
-    #: ``reg/*`` metrics of the ``RegularizationMonitor``, read back from the CSV log: name -> (step, value).
-    curves: Mapping[str, tuple[tuple[int, float], ...]] = field(default_factory=dict)
-
-    @property
-    def gap(self) -> float:
-        """Training accuracy minus validation accuracy: how much the model overfits."""
-        return self.train_acc - self.val_acc
 
 
 def train_variant(

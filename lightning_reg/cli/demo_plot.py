@@ -10,7 +10,7 @@ from lightning_reg.optional import require
 from lightning_reg.statistics import NEAR_ZERO_TOL
 
 if TYPE_CHECKING:
-    from lightning_reg.cli.demo import VariantResult
+    from lightning_reg.cli.demo_variants import VariantResult
     from lightning_reg.options import GroupBy
 
 #: The monitor's metrics that the figure draws over the training steps.

@@ -21,9 +21,9 @@ from lightning_reg.checks import (
     check_strength_list,
     check_text,
 )
+from lightning_reg.optional import import_optuna
 from lightning_reg.options import STRENGTH_NAMES
 from lightning_reg.sweeps.result import MEASUREMENTS, MODES, Mode
-from lightning_reg.sweeps.study import import_optuna
 
 Sampler = Literal["random", "tpe"]
 Pruner = Literal["median", "hyperband"]

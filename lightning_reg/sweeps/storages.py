@@ -14,10 +14,10 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from lightning_reg.checks import check_integer
-from lightning_reg.optional import require
+from lightning_reg.optional import import_optuna
 
 if TYPE_CHECKING:
     import optuna
@@ -30,15 +30,6 @@ MAX_RETRY = 3
 JOURNAL_PREFIX = "journal:"
 
 _Value = TypeVar("_Value")
-
-
-def import_optuna() -> Any:
-    """The ``optuna`` module.
-
-    Raises:
-        ~lightning_reg.optional.MissingDependencyError: Optuna is not installed.
-    """
-    return require("optuna", "sweep with n_trials, storage or pruner", "sweep")
 
 
 def open_storage(

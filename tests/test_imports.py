@@ -1,0 +1,93 @@
+"""The package's modules import each other without circles.
+
+The graph is read here from the source with ``ast``: every ``import`` of a ``lightning_reg`` module, at the
+top of a file, under ``TYPE_CHECKING`` or inside a function, is an edge from the importing module to the
+imported one (``from lightning_reg.x import y`` reaches ``lightning_reg.x.y`` when that is a module).
+A package's ``__init__`` that a submodule's import runs first is not counted: Python's own order, not
+the code's.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import lightning_reg
+
+ROOT = Path(lightning_reg.__file__).resolve().parent
+PACKAGE = "lightning_reg"
+
+
+def module_names() -> dict[str, Path]:
+    """Every module of the package by its dotted name (a package by its own name)."""
+    names = {}
+    for path in ROOT.rglob("*.py"):
+        parts = list(path.relative_to(ROOT.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        names[".".join(parts)] = path
+    return names
+
+
+def imports_of(name: str, path: Path, modules: set[str]) -> set[str]:
+    """The package's modules that ``name`` (the file ``path``) imports, anywhere in it."""
+    is_package = path.name == "__init__.py"
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: from the package that holds ``name``
+                anchor = name.split(".") if is_package else name.split(".")[:-1]
+                anchor = anchor[: len(anchor) - (node.level - 1)]
+                base = ".".join([*anchor, base]) if base else ".".join(anchor)
+            targets = [
+                f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names
+            ]
+        else:
+            continue
+        found.update(target for target in targets if target in modules and target != name)
+    return found
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """A circle of ``graph`` as the list of its modules (the first repeated at the end), or ``None``."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return [*path[path.index(nxt) :], nxt]
+            if nxt not in state and (cycle := visit(nxt)) is not None:
+                return cycle
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)) is not None:
+            return cycle
+    return None
+
+
+def test_the_check_finds_a_circle() -> None:
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_the_graph_is_read_from_the_source() -> None:
+    modules = module_names()
+    graph = {name: imports_of(name, path, set(modules)) for name, path in modules.items()}
+    assert "lightning_reg.sweeps.storages" in graph["lightning_reg.sweeps.study"]
+    assert "lightning_reg.optional" in graph["lightning_reg.sweeps.arguments"]
+    assert "lightning_reg.group_layout" in graph["lightning_reg.group_prox"]  # from lightning_reg import x
+
+
+def test_no_module_imports_itself_through_others() -> None:
+    modules = module_names()
+    graph = {name: imports_of(name, path, set(modules)) for name, path in modules.items()}
+    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph) or [])
