@@ -13,6 +13,7 @@ import contextlib
 import functools
 import inspect
 import types
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -29,6 +30,7 @@ from lightning_reg.options import (
     document_options,
 )
 from lightning_reg.regularizer import Regularizer
+from lightning_reg.step_updates import UnheldParametersWarning, warn_if_unheld
 
 if TYPE_CHECKING:
     from lightning.pytorch import LightningModule as _Base
@@ -100,8 +102,11 @@ def _attach_to_optimizers(module: RegularizedModule, output: Any) -> Any:
     returned = list(_walk(output))
     optimizers = [item for item in returned if isinstance(item, Optimizer)]
     schedulers = [item for item in returned if isinstance(getattr(item, "optimizer", None), Optimizer)]
-    for optimizer in optimizers:
-        regularizer.attach(optimizer, schedulers, penalty_as_gradient=not module.automatic_optimization)
+    with warnings.catch_warnings():  # one optimizer of several may hold none (a GAN's other network)
+        warnings.simplefilter("ignore", UnheldParametersWarning)
+        for optimizer in optimizers:
+            regularizer.attach(optimizer, schedulers, penalty_as_gradient=not module.automatic_optimization)
+    warn_if_unheld(regularizer.selection, optimizers)  # but together they must hold some
     return output
 
 

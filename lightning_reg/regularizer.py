@@ -33,6 +33,7 @@ from lightning_reg.selection import (
     select_parameters,
     units_by_strength,
     units_of,
+    warn_if_empty,
     warn_unmatched,
 )
 from lightning_reg.sharding import add_, is_sharded
@@ -158,6 +159,7 @@ class Regularizer:
             in_loss or (options.l2_mode == "loss" and self._has_l2)
         )
         warn_unmatched(self.selection, model)
+        warn_if_empty(self.selection, model, {"l1": l1, "l2": l2, "group_l1": group_l1})
 
     @classmethod
     def from_options(
@@ -341,6 +343,7 @@ class Regularizer:
         l2 = options.l2 > 0 or self._has_l2
         splits = options.l2_mode == "weight_decay" and l2
         step_updates.check_shared(self, self.selection, optimizer, splits)
+        step_updates.warn_if_unheld(self.selection, [optimizer])
         if splits:
             split_optimizer(optimizer, self.regularized_parameters, options.l2, schedulers, self._decays())
         elif options.l2_mode != "weight_decay" and l2:

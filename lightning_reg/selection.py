@@ -262,6 +262,23 @@ def warn_unmatched(selection: Selection, model: nn.Module) -> None:
         )
 
 
+def warn_if_empty(selection: Selection, model: nn.Module, asked: Mapping[str, float]) -> None:
+    """Warn when a strength is asked for (``asked``: name -> value) but no parameter is regularized."""
+    positive = {name: value for name, value in asked.items() if value > 0}
+    if selection.regularized or not positive:
+        return
+    trainable = [(name, param) for name, param in model.named_parameters() if param.requires_grad]
+    shapes = ", ".join(f"{name} {tuple(param.shape)}" for name, param in trainable[:3]) or "none"
+    strengths = ", ".join(f"{name}={value!r}" for name, value in positive.items())
+    warnings.warn(
+        f"{strengths} regularizes no parameter of {type(model).__name__}: the strengths apply to "
+        f"trainable parameters with dim > 1 not excluded (by exclude or no_weight_decay()), and it has "
+        f"{len(trainable)} trainable parameter(s): {shapes}. Nothing will be penalized.",
+        UserWarning,
+        stacklevel=3,
+    )
+
+
 def _no_weight_decay_names(model: nn.Module) -> frozenset[str]:
     """The parameter names a model opts out of decay with ``no_weight_decay()``, if it defines it."""
     declared = getattr(model, "no_weight_decay", None)

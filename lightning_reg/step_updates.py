@@ -11,6 +11,7 @@ installs them (:mod:`~lightning_reg.step_hooks`).
 
 from __future__ import annotations
 
+import warnings
 import weakref
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -339,6 +340,31 @@ def coupled_members(selection: Selection, optimizer: Optimizer, params: Iterable
                 if id(param) in held and id(param) not in given:
                     found.setdefault(id(param), param)
     return list(found.values())
+
+
+class UnheldParametersWarning(UserWarning):
+    """A regularizer was attached to an optimizer that holds none of its regularized parameters."""
+
+
+def warn_if_unheld(selection: Selection, optimizers: Sequence[Optimizer]) -> None:
+    """Warn (:class:`UnheldParametersWarning`) when no optimizer of ``optimizers`` holds any of the
+    regularized parameters of ``selection``: its optimizer-side terms would never act."""
+    held = {
+        id(param) for optimizer in optimizers for group in optimizer.param_groups for param in group["params"]
+    }
+    if not optimizers or not selection.regularized:
+        return
+    if any(id(param) in held for _, param in selection.regularized):
+        return
+    names = [name for name, _ in selection.regularized]
+    kinds = " and ".join(sorted({type(optimizer).__name__ for optimizer in optimizers}))
+    warnings.warn(
+        f"attach: the {kinds} optimizer(s) hold none of the {len(names)} regularized parameters (e.g. "
+        f"{names[0]!r}): the optimizer-side terms (weight decay, the proximal step) will not act through "
+        "them. Build the optimizer over the regularized model's parameters.",
+        UnheldParametersWarning,
+        stacklevel=3,
+    )
 
 
 def check_couplings_held(selection: Selection, optimizer: Optimizer) -> None:

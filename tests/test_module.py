@@ -511,3 +511,31 @@ def test_lightning_still_refuses_a_module_without_training_step() -> None:
 
     with pytest.raises(MisconfigurationException, match=r"No `training_step\(\)` method defined"):
         quiet_trainer(max_epochs=1).fit(RegNoStep(l1=1e-3), loader(regression_data()))
+
+
+class WithTemperature(RegRegression):
+    """A module with a second optimizer for a learned temperature (dim 1: not regularized); with
+    ``misplaced``, the first optimizer is built over another network's weights, so that none of the
+    optimizers holds a regularized weight."""
+
+    def __init__(self, misplaced: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.temperature = nn.Parameter(torch.ones(1))
+        self.misplaced = misplaced
+
+    def configure_optimizers(self) -> Any:
+        first = nn.Linear(3, 1).parameters() if self.misplaced else self.net.parameters()
+        return [torch.optim.SGD(first, lr=0.1), torch.optim.SGD([self.temperature], lr=0.1)]
+
+
+def test_an_optimizer_of_several_may_hold_no_regularized_weight_but_not_all_of_them() -> None:
+    import warnings
+
+    from lightning_reg.step_updates import UnheldParametersWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        WithTemperature(l1=0.1, l1_mode="proximal").configure_optimizers()
+    model = WithTemperature(misplaced=True, l1=0.1, l1_mode="proximal")
+    with pytest.warns(UnheldParametersWarning, match="hold none of the 2 regularized"):
+        model.configure_optimizers()

@@ -21,6 +21,7 @@ from helpers import (
 from torch import nn
 
 from lightning_reg import Regularizer, group_prox
+from lightning_reg.step_updates import UnheldParametersWarning
 
 L1, L2 = 3e-3, 2e-2
 
@@ -120,6 +121,27 @@ def test_unmatched_exclude_warns_with_example_names() -> None:
         UserWarning, match=r"'head\.\*' matches no trainable parameter of Sequential.*'0.weight'"
     ):
         Regularizer(make_net(), exclude=["head.*"])
+
+
+def test_a_strength_that_regularizes_no_parameter_warns_naming_it() -> None:
+    biases_only = nn.Sequential(nn.LayerNorm(4), nn.LayerNorm(4))  # every parameter has dim 1
+    with pytest.warns(UserWarning, match=r"l1=0\.1 regularizes no parameter of Sequential.*0\.weight \(4,\)"):
+        Regularizer(biases_only, l1=0.1)
+    with pytest.warns(UserWarning, match=r"l2=0\.01 regularizes no parameter of Sequential"):
+        Regularizer(make_net(), l2=0.01, exclude=["*"])
+    with warnings.catch_warnings():  # nothing asked, nothing to warn of
+        warnings.simplefilter("error")
+        Regularizer(biases_only)
+
+
+def test_attaching_an_optimizer_that_holds_none_of_the_weights_warns() -> None:
+    net, other = make_net(), make_net()
+    reg = Regularizer(net, l1=0.1, l1_mode="proximal")
+    with pytest.warns(UnheldParametersWarning, match=r"SGD optimizer\(s\) hold none of the 2 regularized"):
+        reg.attach(torch.optim.SGD(other.parameters(), lr=0.1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        reg.attach(torch.optim.SGD(net.parameters(), lr=0.1))
 
 
 def test_matching_excludes_do_not_warn() -> None:
