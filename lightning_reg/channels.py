@@ -267,7 +267,7 @@ class _Context:
                 f"its channels pass through {type(module).__name__}, a normalization across channels"
             )
         if isinstance(module, nn.Linear):
-            return [(module.weight, 0), *_bias(module)] if out else [(module.weight, 1)]
+            return [(module.weight, 0), *_bias_slices(module)] if out else [(module.weight, 1)]
         if isinstance(module, nn.modules.conv._ConvNd):
             return _conv_slices(module, out, self.module_name(module))
         if isinstance(module, _PER_CHANNEL_NORMS):
@@ -309,9 +309,16 @@ def _normalizes_across_channels(module: nn.Module) -> bool:
     return isinstance(module, _CROSS_CHANNEL_NORMS) or name.endswith(("LayerNorm", "RMSNorm", "GroupNorm"))
 
 
-def _bias(module: nn.Module) -> list[tuple[Tensor, int]]:
+def bias_of(module: nn.Module) -> nn.Parameter | None:
+    """The module's ``bias`` parameter, or ``None`` (no bias, or ``bias=False``)."""
     bias = getattr(module, "bias", None)
-    return [(bias, 0)] if isinstance(bias, nn.Parameter) else []
+    return bias if isinstance(bias, nn.Parameter) else None
+
+
+def _bias_slices(module: nn.Module) -> list[tuple[Tensor, int]]:
+    """The bias as a slice along its only axis, if the module has one."""
+    bias = bias_of(module)
+    return [] if bias is None else [(bias, 0)]
 
 
 def _conv_slices(module: nn.modules.conv._ConvNd, out: bool, name: str) -> list[tuple[Tensor, int]]:
@@ -323,7 +330,7 @@ def _conv_slices(module: nn.modules.conv._ConvNd, out: bool, name: str) -> list[
             f"it touches {name}, a grouped convolution ({module.groups} groups)", unknown=True
         )
     if out or depthwise:
-        return [(module.weight, out_axis), *_bias(module)] if out else [(module.weight, out_axis)]
+        return [(module.weight, out_axis), *_bias_slices(module)] if out else [(module.weight, out_axis)]
     return [(module.weight, in_axis)]
 
 

@@ -35,38 +35,26 @@ def _is_real(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def check_strength(name: str, value: object) -> float:
-    """``value`` as a float if it is a finite number >= 0.
+def check_number(name: str, value: object, *, above_zero: bool = False) -> float:
+    """``value`` as a float if it is a finite number >= 0 (> 0 with ``above_zero``).
 
-    >>> check_strength("l1", 1e-4)
+    >>> check_number("l1", 1e-4)
     0.0001
-    >>> check_strength("l2", -1.0)
+    >>> check_number("l2", -1.0)
     Traceback (most recent call last):
     ...
     lightning_reg.checks.InvalidArgumentError: Invalid l2: -1.0 (expected a finite number >= 0)
-    """
-    expected = "a finite number >= 0"
-    if not isinstance(value, numbers.Real) or isinstance(value, bool):
-        raise InvalidArgumentError(name, value, expected, f"{value!r} of type {type(value).__name__}")
-    number = float(value)
-    if not math.isfinite(number) or number < 0:
-        raise InvalidArgumentError(name, value, expected)
-    return number
-
-
-def check_positive(name: str, value: object) -> float:
-    """``value`` as a float if it is a finite number > 0.
-
-    >>> check_positive("near_zero_tol", 0.0)
+    >>> check_number("near_zero_tol", 0.0, above_zero=True)
     Traceback (most recent call last):
     ...
     lightning_reg.checks.InvalidArgumentError: Invalid near_zero_tol: 0.0 (expected a finite number > 0)
     """
-    if not isinstance(value, numbers.Real) or isinstance(value, bool):
-        raise InvalidArgumentError(name, value, "a finite number > 0")
-    number = float(value)
-    if not math.isfinite(number) or number <= 0:
-        raise InvalidArgumentError(name, value, "a finite number > 0")
+    expected = "a finite number > 0" if above_zero else "a finite number >= 0"
+    if not _is_real(value):
+        raise InvalidArgumentError(name, value, expected, f"{value!r} of type {type(value).__name__}")
+    number = float(value)  # type: ignore[arg-type]
+    if not math.isfinite(number) or number < 0 or (above_zero and number == 0):
+        raise InvalidArgumentError(name, value, expected)
     return number
 
 
@@ -174,7 +162,7 @@ def check_strengths(name: str, value: object) -> dict[str, float]:
     for key, strength in value.items():
         if not isinstance(key, str):
             raise InvalidArgumentError(name, key, "module names, as strings", f"key {key!r}")
-        checked[key] = check_strength(f"{name}[{key!r}]", strength)
+        checked[key] = check_number(f"{name}[{key!r}]", strength)
     return checked
 
 
@@ -208,7 +196,7 @@ def check_rules(name: str, value: object, keys: Sequence[str]) -> dict[str, dict
             if key not in keys:
                 raise InvalidArgumentError(where, key, among, f"unknown key {key!r}")
         checked[pattern] = {
-            key: check_strength(f"{where}[{key!r}]", strength) for key, strength in strengths.items()
+            key: check_number(f"{where}[{key!r}]", strength) for key, strength in strengths.items()
         }
     return checked
 

@@ -14,7 +14,7 @@ import functools
 import inspect
 import types
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from torch import Tensor, nn
@@ -31,6 +31,7 @@ from lightning_reg.options import (
 )
 from lightning_reg.regularizer import Regularizer
 from lightning_reg.step_updates import UnheldParametersWarning, warn_if_unheld
+from lightning_reg.utilities.nested import leaves
 
 if TYPE_CHECKING:
     from lightning.pytorch import LightningModule as _Base
@@ -99,7 +100,7 @@ def _attach_to_optimizers(module: RegularizedModule, output: Any) -> Any:
         from lightning_reg.recalibration import warn_if_stale
 
         warn_if_stale(trainer, module, regularizer.has_group_term)
-    returned = list(_walk(output))
+    returned = list(leaves(output))
     optimizers = [item for item in returned if isinstance(item, Optimizer)]
     schedulers = [item for item in returned if isinstance(getattr(item, "optimizer", None), Optimizer)]
     with warnings.catch_warnings():  # one optimizer of several may hold none (a GAN's other network)
@@ -115,18 +116,6 @@ _HOOKS: dict[str, _Hook] = {
     "training_step": _Hook(_begin_training_step, _add_penalty),
     "configure_optimizers": _Hook(_begin_configure_optimizers, _attach_to_optimizers),
 }
-
-
-def _walk(output: Any) -> Iterator[Any]:
-    """Every object inside the nested lists, tuples and dicts ``configure_optimizers`` may return."""
-    if isinstance(output, Mapping):
-        for value in output.values():
-            yield from _walk(value)
-    elif isinstance(output, (list, tuple)):
-        for value in output:
-            yield from _walk(value)
-    elif output is not None:
-        yield output
 
 
 def _outermost(name: str, hook: Callable[..., Any], passes_on: bool = False) -> Callable[..., Any]:

@@ -13,7 +13,7 @@ from lightning.pytorch.loggers import Logger
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_reg.checks import check_flag, check_integer, check_positive
+from lightning_reg.checks import check_flag, check_integer, check_number
 from lightning_reg.module import RegularizedModule, regularizer_of
 from lightning_reg.regularizer import Regularizer
 from lightning_reg.sharding import is_sharded
@@ -124,7 +124,7 @@ class RegularizationMonitor(Callback):
         if log_every_n_steps is not None:
             check_integer("log_every_n_steps", log_every_n_steps, minimum=1)
         check_flag("per_layer", per_layer)
-        check_positive("near_zero_tol", near_zero_tol)
+        check_number("near_zero_tol", near_zero_tol, above_zero=True)
         check_flag("histograms", histograms)
         self.log_every_n_steps = log_every_n_steps
         self.per_layer = per_layer

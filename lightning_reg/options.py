@@ -17,8 +17,8 @@ from lightning_reg.checks import (
     check_flag,
     check_globs,
     check_integer,
+    check_number,
     check_rules,
-    check_strength,
     check_strengths,
 )
 
@@ -156,9 +156,9 @@ class RegularizationOptions:
 
     def __post_init__(self) -> None:
         checked = {
-            "l1": check_strength("l1", self.l1),
-            "l2": check_strength("l2", self.l2),
-            "group_l1": check_strength("group_l1", self.group_l1),
+            "l1": check_number("l1", self.l1),
+            "l2": check_number("l2", self.l2),
+            "group_l1": check_number("group_l1", self.group_l1),
             "group_by": check_choice("group_by", self.group_by, GROUP_BY),
             "exclude": check_globs("exclude", self.exclude),
             "rules": check_rules("rules", self.rules, STRENGTH_NAMES),

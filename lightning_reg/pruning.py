@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from lightning_reg.channels import TracedCoupling, Tracing, call, modes_kept, move_inputs, trace
+from lightning_reg.utilities.nested import leaves
 
 _Module = TypeVar("_Module", bound=nn.Module)
 
@@ -85,10 +86,4 @@ def _check_outputs(original: nn.Module, shrunk: nn.Module, inputs: Any) -> None:
 
 def _tensors(output: Any) -> list[torch.Tensor]:
     """The floating-point tensors of a model's output (a tensor, or lists, tuples and dicts of them)."""
-    if isinstance(output, torch.Tensor):
-        return [output] if output.is_floating_point() else []
-    if isinstance(output, dict):
-        output = list(output.values())
-    if isinstance(output, (list, tuple)):
-        return [tensor for item in output for tensor in _tensors(item)]
-    return []
+    return [leaf for leaf in leaves(output) if isinstance(leaf, torch.Tensor) and leaf.is_floating_point()]

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor, nn
 
+from lightning_reg.channels import bias_of
 from lightning_reg.pruning import shrink_coupled
 
 _Module = TypeVar("_Module", bound=nn.Module)
@@ -214,12 +215,6 @@ def _width(layer: nn.Module, out: bool) -> int:
     return layer.out_channels if out else layer.in_channels
 
 
-def _bias(layer: _Layer) -> Tensor | None:
-    bias = layer.bias
-    assert bias is None or isinstance(bias, Tensor)
-    return bias
-
-
 def _shrink_between(network: nn.Sequential, first: int, second: int) -> bool:
     """Drop the removable units between the layers at ``first`` and ``second``; whether any were."""
     layer, following = network[first], network[second]
@@ -230,7 +225,7 @@ def _shrink_between(network: nn.Sequential, first: int, second: int) -> bool:
     feeds = torch.count_nonzero(following_weight, dim=(0, *range(2, following_weight.dim()))) > 0
     constant = ~receives & feeds
     remove = ~feeds
-    following_bias = _bias(following)
+    following_bias: Tensor | None = bias_of(following)
     if bool(constant.any()):
         values = _constant_outputs(layer, [network[index] for index in range(first + 1, second)], constant)
         if isinstance(following, nn.Linear):
@@ -245,13 +240,13 @@ def _shrink_between(network: nn.Sequential, first: int, second: int) -> bool:
     if not bool(remove.any()):
         return False
     keep = ~remove
-    bias = _bias(layer)
+    bias = bias_of(layer)
     _set(layer, "weight", weight[keep], weight)
     if bias is not None:
         _set(layer, "bias", bias[keep], bias)
     _set(following, "weight", following_weight[:, keep], following_weight)
     if following_bias is not None:
-        old_bias = _bias(following)
+        old_bias = bias_of(following)
         _set(following, "bias", following_bias, following_weight if old_bias is None else old_bias)
     width = int(keep.sum())
     if isinstance(layer, nn.Linear):
@@ -271,7 +266,7 @@ def _constant_outputs(layer: _Layer, between: list[nn.Module], units: Tensor) ->
     Their pre-activation is their bias (``0`` without one), for every input. Dropout is skipped: it is
     the identity in eval mode.
     """
-    bias = _bias(layer)
+    bias = bias_of(layer)
     weight = layer.weight
     values = bias[units] if bias is not None else weight.new_zeros(int(units.sum()))
     shape = (1, -1) + (1,) * (weight.dim() - 2)

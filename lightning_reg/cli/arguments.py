@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from lightning_reg.checks import InvalidArgumentError, check_integer, check_strength
+from lightning_reg.checks import InvalidArgumentError, check_integer, check_number
 
 _Value = TypeVar("_Value")
 
@@ -65,7 +65,7 @@ def check_png_path(name: str, value: object) -> Path:
 
 
 #: A strength: a finite number >= 0.
-parse_strength = argument_type(check_strength)
+parse_strength = argument_type(check_number)
 #: A count of epochs or trials: an integer >= 1.
 parse_positive_int = argument_type(functools.partial(check_integer, minimum=1), int)
 #: A seed: an integer from 0 to 2**32 - 1.

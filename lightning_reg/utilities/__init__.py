@@ -1,0 +1,1 @@
+"""Helpers the rest of the package shares, with no knowledge of regularization."""
