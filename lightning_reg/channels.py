@@ -18,8 +18,9 @@ A unit is left out (it could not be removed with the outputs kept) when its chan
 - reach the model's outputs (a classifier's logits, a backbone's returned features);
 - pass through a normalization across channels (``LayerNorm``, ``GroupNorm``, ``RMSNorm``): removing a
   channel that is zero would still change the mean and variance it computes;
-- touch a layer whose slices this module does not know (``nn.MultiheadAttention``, recurrent layers, a
-  grouped convolution), or a parameter along two axes at once.
+- touch a layer whose slices no rule of :mod:`~lightning_reg.layer_rules` gives (``nn.MultiheadAttention``,
+  recurrent layers, a grouped convolution; add your own with
+  :func:`~lightning_reg.layer_rules.register_layer`), or a parameter along two axes at once.
 
 Attention: the query, key and value projections of an attention module that names its head size
 (``head_dim``, as in timm and recent Hugging Face models, or ``attention_head_size``, as in BERT) are
@@ -38,6 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lightning_reg import layer_rules
 from lightning_reg.checks import InvalidArgumentError
 from lightning_reg.couplings import Coupling, Member
 from lightning_reg.optional import require
@@ -50,10 +52,6 @@ _CROSS_CHANNEL_NORMS: tuple[type[nn.Module], ...] = (
     nn.LayerNorm,
     nn.GroupNorm,
     *([nn.RMSNorm] if hasattr(nn, "RMSNorm") else []),
-)
-_PER_CHANNEL_NORMS: tuple[type[nn.Module], ...] = (
-    nn.modules.batchnorm._BatchNorm,
-    nn.modules.instancenorm._InstanceNorm,
 )
 #: The attributes an attention module names its head size by (timm and new Hugging Face; BERT).
 HEAD_SIZE_ATTRIBUTES = ("head_dim", "attention_head_size")
@@ -131,10 +129,16 @@ def trace(model: nn.Module, example_inputs: Any) -> Tracing:
 
     with modes_kept(model), torch.enable_grad():
         try:
+            custom = layer_rules.customized_pruners()
             graph = tp.DependencyGraph().build_dependency(
-                model, example_inputs=example_inputs, forward_fn=forward, verbose=False
+                model,
+                example_inputs=example_inputs,
+                forward_fn=forward,
+                verbose=False,
+                customized_pruners=custom,
             )
-            groups = list(graph.get_all_groups())
+            roots = (tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR, *custom)
+            groups = list(graph.get_all_groups(root_module_types=roots))
         except Exception as error:
             raise UntraceableModelError(
                 f"{FEATURE}: Torch-Pruning cannot trace the channels of {type(model).__name__} on the "
@@ -266,16 +270,14 @@ class _Context:
             raise _LeftOutError(
                 f"its channels pass through {type(module).__name__}, a normalization across channels"
             )
-        if isinstance(module, nn.Linear):
-            return [(module.weight, 0), *_bias_slices(module)] if out else [(module.weight, 1)]
-        if isinstance(module, nn.modules.conv._ConvNd):
-            return _conv_slices(module, out, self.module_name(module))
-        if isinstance(module, _PER_CHANNEL_NORMS):
-            return [(param, 0) for param in (module.weight, module.bias) if isinstance(param, Tensor)]
-        if isinstance(module, nn.Embedding):
-            return [(module.weight, 1)]
-        if isinstance(module, nn.PReLU):
-            return [(module.weight, 0)] if module.num_parameters > 1 else []
+        rule = layer_rules.rule_for(module) if isinstance(module, nn.Module) else None
+        if rule is not None:
+            try:
+                return rule.slices(module, out)
+            except layer_rules.UnslicedLayerError as reason:
+                raise _LeftOutError(
+                    f"it touches {self.module_name(module)}, {reason}", unknown=True
+                ) from None
         if isinstance(module, nn.Module) and any(True for _ in module.parameters(recurse=False)):
             raise _LeftOutError(
                 f"it touches {self.module_name(module)} ({type(module).__name__}): slices not mapped",
@@ -303,35 +305,10 @@ class _Context:
 
 def _normalizes_across_channels(module: nn.Module) -> bool:
     """LayerNorm, GroupNorm, RMSNorm and look-alikes (Hugging Face's ``*RMSNorm``, ``*LayerNorm``)."""
-    if isinstance(module, _PER_CHANNEL_NORMS):
+    if isinstance(module, layer_rules.PER_CHANNEL_NORMS):
         return False
     name = type(module).__name__
     return isinstance(module, _CROSS_CHANNEL_NORMS) or name.endswith(("LayerNorm", "RMSNorm", "GroupNorm"))
-
-
-def bias_of(module: nn.Module) -> nn.Parameter | None:
-    """The module's ``bias`` parameter, or ``None`` (no bias, or ``bias=False``)."""
-    bias = getattr(module, "bias", None)
-    return bias if isinstance(bias, nn.Parameter) else None
-
-
-def _bias_slices(module: nn.Module) -> list[tuple[Tensor, int]]:
-    """The bias as a slice along its only axis, if the module has one."""
-    bias = bias_of(module)
-    return [] if bias is None else [(bias, 0)]
-
-
-def _conv_slices(module: nn.modules.conv._ConvNd, out: bool, name: str) -> list[tuple[Tensor, int]]:
-    """A convolution's slices: output channels are ``weight`` axis 0 (1 when transposed) and the bias."""
-    out_axis, in_axis = (1, 0) if module.transposed else (0, 1)
-    depthwise = module.groups > 1 and module.groups == module.in_channels == module.out_channels
-    if module.groups > 1 and not depthwise:
-        raise _LeftOutError(
-            f"it touches {name}, a grouped convolution ({module.groups} groups)", unknown=True
-        )
-    if out or depthwise:
-        return [(module.weight, out_axis), *_bias_slices(module)] if out else [(module.weight, out_axis)]
-    return [(module.weight, in_axis)]
 
 
 def move_inputs(example_inputs: Any, device: torch.device) -> Any:

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor, nn
 
-from lightning_reg.channels import bias_of
+from lightning_reg.layer_rules import bias_of
 from lightning_reg.pruning import shrink_coupled
 
 _Module = TypeVar("_Module", bound=nn.Module)
