@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Collection, Iterable, Mapping, Sequence
 
 
@@ -215,3 +216,18 @@ def check_globs(name: str, value: object) -> tuple[str, ...]:
         if not isinstance(pattern, str) or not pattern:
             raise InvalidArgumentError(name, value, "a list of non-empty strings")
     return tuple(value)
+
+
+def deprecated(old: str, new: str) -> None:
+    """Warn (``FutureWarning``) that ``old`` is deprecated in favour of ``new``, and goes in a release.
+
+    >>> import warnings
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     deprecated("Regularizer.step", "Regularizer.global_step")
+    >>> print(caught[0].message)
+    Regularizer.step is deprecated and will be removed in the next release: use Regularizer.global_step
+    """
+    warnings.warn(
+        f"{old} is deprecated and will be removed in the next release: use {new}", FutureWarning, stacklevel=3
+    )

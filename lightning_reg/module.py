@@ -61,7 +61,7 @@ def _begin_training_step(module: RegularizedModule) -> contextlib.AbstractContex
     """The step index, the part of the penalty that reads every weight, and the activity capture."""
     regularizer = module.regularizer
     trainer = getattr(module, "_trainer", None)  # None when the step is called outside Trainer.fit
-    regularizer.step = trainer.global_step if trainer is not None else 0
+    regularizer.global_step = trainer.global_step if trainer is not None else 0
     if module.automatic_optimization and regularizer.adds_to_loss:
         regularizer.prepare_penalty()
     return regularizer.activity.capture()
@@ -83,7 +83,7 @@ def _add_penalty(module: RegularizedModule, output: Any) -> Any:
 def _begin_configure_optimizers(module: RegularizedModule) -> contextlib.AbstractContextManager[Any]:
     """Forget the last regularizer: a fresh one sees the parameters as they are when training is set up."""
     if module._regularizer is not None:
-        module._regularizer.detach()
+        module._regularizer._detach_all()
         module._regularizer = None
     return contextlib.nullcontext()
 

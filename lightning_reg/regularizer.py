@@ -7,14 +7,12 @@ import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from lightning_reg import channels, fused, kernels, step_hooks, step_sizes, step_updates
+from lightning_reg import channels, fused, step_hooks, step_sizes, step_updates
 from lightning_reg.activity import ActivityPenalty
-from lightning_reg.couplings import coupled_l1_norm
-from lightning_reg.deferred import PreparedSum, l1_term
+from lightning_reg.checks import InvalidArgumentError, check_integer, deprecated
 from lightning_reg.kernels import sum_in_order
 from lightning_reg.options import (
     GroupBy,
@@ -25,19 +23,17 @@ from lightning_reg.options import (
     document_options,
 )
 from lightning_reg.param_groups import check_no_own_decay, decay_groups, split_optimizer, unwrapped
-from lightning_reg.penalties import l1_norm, squared_norm
 from lightning_reg.selection import (
     Selection,
     Strengths,
     couple,
     select_parameters,
-    units_by_strength,
     units_of,
     warn_if_empty,
     warn_unmatched,
 )
-from lightning_reg.sharding import add_, is_sharded
 from lightning_reg.statistics import NEAR_ZERO_TOL, WeightStatistics, statistics_of
+from lightning_reg.weight_penalty import Terms, WeightPenalty
 
 
 @document_options
@@ -143,16 +139,12 @@ class Regularizer:
                 else (strength.group_l1 for strength in selection.strengths)
             )
         )
-        # Worked out once: the training step reads them every step.
-        self._plain = [param for _, param in self.selection.regularized if not is_sharded(param)]
-        self._sharded = [param for _, param in self.selection.regularized if is_sharded(param)]
-        self._plain_l1 = self.selection.by_strength(self._plain, "l1")
-        self._prepared: dict[float, PreparedSum] = {}  # per L1 strength, see prepare_penalty
-        self._proximal = step_updates.ProximalStep(
-            selection, units_of(selection, options.group_by), fused=options.fused
-        )
+        units = units_of(selection, options.group_by)
+        self._proximal = step_updates.ProximalStep(selection, units, fused=options.fused)
+        has = Terms(self._has_l1, self._has_l2, self._has_group_l1)
+        self._weights = WeightPenalty(selection, options, units, has)
         self._optimizers: weakref.WeakSet[Optimizer] = weakref.WeakSet()  # those attach() was given
-        self.step = 0
+        self.global_step = 0
         self.activity = ActivityPenalty(model, options.activity_l1 or {})
         in_loss = options.l1_mode == "loss" and (self._has_l1 or self._has_group_l1)
         self._weights_in_loss = bool(self.selection.regularized) and (
@@ -175,7 +167,7 @@ class Regularizer:
     @property
     def l1_now(self) -> float:
         """The L1 strength at :attr:`step`: ``l1`` once the warm-up is over."""
-        return self.options.l1_at(self.step)
+        return self.options.l1_at(self.global_step)
 
     @property
     def l2(self) -> float:
@@ -222,7 +214,7 @@ class Regularizer:
         """
         terms = list(self.activity.take().values())
         if self._weights_in_loss or not terms:
-            terms.insert(0, self._weight_penalty())
+            terms.insert(0, self._weights.value(self.global_step))
         return sum_in_order(terms)
 
     def activity_penalty(self) -> Tensor:
@@ -241,55 +233,7 @@ class Regularizer:
         ``training_step``: computed before the forward pass, the L1 sum's temporary memory is not added to
         that peak. ``RegularizedModule`` calls this before every training step.
         """
-        if self.options.l1_mode == "loss" and self._has_l1:
-            fused = self.options.fused
-            self._prepared = {strength: PreparedSum.of(params, fused) for strength, params in self._plain_l1}
-
-    def _weight_penalty(self) -> Tensor:
-        """The loss-mode terms of the weights; those of sharded weights detached (see :meth:`penalty`)."""
-        plain = self._total(self._deferred_l1_terms() + self._norm_terms(self._plain), self._plain)
-        if not self._sharded:
-            return plain
-        sharded = self._total(self._l1_terms(self._sharded) + self._norm_terms(self._sharded), self._sharded)
-        return plain + sharded.detach() if self._plain else sharded.detach()
-
-    def _deferred_l1_terms(self) -> list[Tensor]:
-        """``l1 * sum|w|`` of the plain weights, per strength, with the gradient added after backward."""
-        if self.options.l1_mode != "loss" or not self._has_l1:
-            return []
-        ramp = self.options.l1_ramp(self.step)
-        prepared, self._prepared = self._prepared, {}  # each sum serves one penalty
-        fused = self.options.fused
-        return [
-            l1_term(params, strength * ramp, PreparedSum.valid_total(prepared.get(strength), params), fused)
-            for strength, params in self._plain_l1
-        ]
-
-    def _l1_terms(self, params: Sequence[Tensor]) -> list[Tensor]:
-        """``l1 * sum|w|`` of ``params``, per strength, through autograd."""
-        if self.options.l1_mode != "loss" or not self._has_l1:
-            return []
-        ramp = self.options.l1_ramp(self.step)
-        return [
-            strength * ramp * l1_norm(same) for strength, same in self.selection.by_strength(params, "l1")
-        ]
-
-    def _norm_terms(self, params: Sequence[Tensor], coupled: Sequence[Tensor] | None = None) -> list[Tensor]:
-        """The loss-mode group and L2 terms of ``params``, per strength; the group terms of the coupled
-        units with a member among ``coupled`` (``params`` unless given)."""
-        options, terms = self.options, []
-        if options.l1_mode == "loss" and self._has_group_l1:
-            touching = params if coupled is None else coupled
-            for strength, units in units_by_strength(self._proximal.units, touching):
-                terms.append(strength * coupled_l1_norm(units))
-        if options.l2_mode == "loss" and self._has_l2:
-            for strength, same in self.selection.by_strength(params, "l2"):
-                terms.append(strength / 2 * squared_norm(same))
-        return terms
-
-    @staticmethod
-    def _total(terms: list[Tensor], params: Sequence[Tensor]) -> Tensor:
-        return sum_in_order(terms, params[0].device if params else None)
+        self._weights.prepare()
 
     def param_groups(self) -> list[dict[str, Any]]:
         """Optimizer groups: ``W`` with ``weight_decay=l2``, every other trainable parameter with ``0``.
@@ -309,7 +253,7 @@ class Regularizer:
 
     def attach(
         self, optimizer: Optimizer, schedulers: Iterable[Any] = (), *, penalty_as_gradient: bool = False
-    ) -> None:
+    ) -> step_hooks.AttachHandle:
         """Make an existing optimizer carry this regularization's optimizer-side terms.
 
         ``optimizer`` may be Fabric's or Lightning's wrapper of one: the regularization acts on the
@@ -351,7 +295,7 @@ class Regularizer:
         before: list[step_hooks.StepCallback] = []
         if self._weights_in_loss and penalty_as_gradient:
             before.append(self.add_penalty_gradient)
-        elif self._weights_in_loss and self._sharded:
+        elif self._weights_in_loss and self._weights.sharded:
             before.append(functools.partial(self.add_penalty_gradient, sharded_only=True))
         if options.l2_mode == "decoupled" and self._has_l2:
             before.append(self.decoupled_decay)
@@ -363,6 +307,7 @@ class Regularizer:
             self._proximal.prepare(optimizer)
         step_hooks.attach(optimizer, self, before=before, after=[self.proximal_step] if proximal else [])
         self._optimizers.add(optimizer)
+        return step_hooks.AttachHandle(optimizer, self, self._optimizers.discard)
 
     def _check_fused(self) -> None:
         """With ``fused=True``, refuse devices where ``torch.compile`` cannot generate the kernels."""
@@ -370,10 +315,44 @@ class Regularizer:
             fused.check_supported(param.device for _, param in self.selection.regularized)
 
     def detach(self) -> None:
-        """Remove the hooks :meth:`attach` installed on every optimizer (the groups stay as split)."""
+        """Deprecated: remove each attachment with the handle :meth:`attach` returns (``.remove()``).
+
+        Removes the hooks :meth:`attach` installed on every optimizer (the groups stay as split).
+        """
+        deprecated("Regularizer.detach()", "the handle attach() returns: handle.remove()")
+        self._detach_all()
+
+    def _detach_all(self) -> None:
         for optimizer in list(self._optimizers):
             step_hooks.detach(optimizer, self)
         self._optimizers = weakref.WeakSet()
+
+    @property
+    def step(self) -> int:
+        """Deprecated name of :attr:`global_step`."""
+        deprecated("Regularizer.step", "Regularizer.global_step")
+        return self.global_step
+
+    @step.setter
+    def step(self, value: int) -> None:
+        deprecated("Regularizer.step", "Regularizer.global_step")
+        self.global_step = value
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a bare loop saves to resume: the optimizer steps taken (:attr:`global_step`), which the
+        L1 warm-up reads. The rest lives in the model and the optimizer (whose state holds the group
+        step's)."""
+        return {"global_step": self.global_step}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Resume from :meth:`state_dict`.
+
+        Raises:
+            ~lightning_reg.checks.InvalidArgumentError: ``state`` has no ``global_step`` integer >= 0.
+        """
+        if not isinstance(state, Mapping):
+            raise InvalidArgumentError("state", state, "the dict Regularizer.state_dict() returned")
+        self.global_step = check_integer("state['global_step']", state.get("global_step"), 0)
 
     def add_penalty_gradient(self, optimizer: Optimizer, *, sharded_only: bool = False) -> None:
         """Add the gradient of :meth:`penalty` to the ``.grad`` of the ``W`` in ``optimizer``.
@@ -382,40 +361,7 @@ class Regularizer:
         same update as if :meth:`penalty` had been added to the loss of this step, once. With
         ``sharded_only``, only sharded parameters (whose gradient :meth:`penalty` leaves out).
         """
-        params = [
-            param
-            for _, _, group in step_updates.in_optimizer(self.selection, optimizer)
-            for param in group
-            if not sharded_only or is_sharded(param)
-        ]
-        scale = step_hooks.pending_grad_scale(optimizer)  # a fused optimizer unscales inside its step
-        plain = [param for param in params if not is_sharded(param)]
-        sharded = [param for param in params if is_sharded(param)]
-        # The coupled units' other members (biases, norm parameters) in this optimizer get their part too.
-        members = step_updates.coupled_members(self.selection, optimizer, plain)
-        options = self.options
-        if options.l1_mode == "loss" and self._has_l1:  # no autograd needed: l1 * sign(w)
-            ramp = options.l1_ramp(self.step)
-            for strength, same in self.selection.by_strength(plain, "l1"):
-                factor = torch.full((), strength * ramp, dtype=same[0].dtype, device=same[0].device)
-                grads = [param.grad for param in same if param.grad is not None]
-                factor = factor if scale is None else factor * scale
-                kernels.add_scaled_sign_(grads, same, factor, fused=options.fused)
-        with torch.enable_grad():
-            terms = (
-                [self._total(self._l1_terms(sharded) + self._norm_terms(sharded), sharded)] if sharded else []
-            )
-            touched = plain + members  # a unit's term also reaches members held without its weights
-            terms += [self._total(self._norm_terms(plain, touched), touched)] if touched else []
-            terms = [term for term in terms if term.requires_grad]
-            if not terms:
-                return
-            targets = params + members
-            gradients = torch.autograd.grad(sum_in_order(terms), targets, allow_unused=True)
-        with torch.no_grad():
-            for param, gradient in zip(targets, gradients, strict=True):
-                if gradient is not None and param.grad is not None:
-                    add_(param.grad, gradient if scale is None else gradient * scale)
+        self._weights.add_gradient(optimizer, self.global_step, sharded_only=sharded_only)
 
     def decoupled_decay(self, optimizer: Optimizer) -> None:
         """``w <- w * (1 - lr * l2)`` for each ``w`` of ``W`` in ``optimizer`` that has a gradient.
@@ -437,8 +383,10 @@ class Regularizer:
         ``l1`` (with the warm-up's ramp) and ``group_l1`` are each weight's own.
         """
         options = self.options
-        self._proximal(optimizer, ramp=options.l1_ramp(self.step), threshold=options.proximal_threshold)
+        self._proximal(
+            optimizer, ramp=options.l1_ramp(self.global_step), threshold=options.proximal_threshold
+        )
 
     def statistics(self, near_zero_tol: float = NEAR_ZERO_TOL) -> WeightStatistics:
         """Norms and zero counts of ``W``, as tensors on the weights' device (no host synchronisation)."""
-        return statistics_of(self.selection, self.options, self.step, near_zero_tol)
+        return statistics_of(self.selection, self.options, self.global_step, near_zero_tol)

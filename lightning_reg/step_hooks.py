@@ -64,6 +64,52 @@ def detach(optimizer: Optimizer, owner: object) -> None:
         handle.remove()
 
 
+class AttachHandle:
+    """What attaching returns, in torch's convention for hooks: :meth:`remove` takes the owner's
+    callbacks off the optimizer (a second call does nothing); as a context manager it removes them on
+    exit.
+
+    >>> import torch
+    >>> optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    >>> attach(optimizer, "a", before=[print], after=[])
+    >>> handle = AttachHandle(optimizer, "a")
+    >>> owners(optimizer), handle.remove(), owners(optimizer)
+    (['a'], None, [])
+    """
+
+    def __init__(
+        self, optimizer: Optimizer, owner: object, on_remove: Callable[[Optimizer], object] | None = None
+    ) -> None:
+        self._optimizer: weakref.ref[Optimizer] = weakref.ref(optimizer)
+        self._owner: weakref.ref[object] | None = _weak(owner)
+        self._strong_owner = None if self._owner is not None else owner
+        self._on_remove = on_remove
+
+    def remove(self) -> None:
+        """Remove the owner's callbacks from the optimizer, if both still exist."""
+        optimizer = self._optimizer()
+        owner = self._strong_owner if self._owner is None else self._owner()
+        if optimizer is None or owner is None:
+            return
+        detach(optimizer, owner)
+        if self._on_remove is not None:
+            self._on_remove(optimizer)
+
+    def __enter__(self) -> AttachHandle:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.remove()
+
+
+def _weak(owner: object) -> weakref.ref[object] | None:
+    """A weak reference to ``owner``, or ``None`` where it cannot have one (a string, say)."""
+    try:
+        return weakref.ref(owner)
+    except TypeError:
+        return None
+
+
 def owners(optimizer: Optimizer) -> list[object]:
     """Everyone attached to ``optimizer``, in the order their current callbacks were installed."""
     return [owner for owner, _ in _REGISTRY.get(optimizer, {}).values()]

@@ -75,7 +75,7 @@ class Loop:
     def run(self, steps: range) -> Loop:
         x, y = data()
         for step in steps:
-            self.reg.step = step
+            self.reg.global_step = step
             self.optimizer.zero_grad()
             (nn.functional.mse_loss(self.model(x), y) + self.reg.penalty()).backward()
             self.optimizer.step()

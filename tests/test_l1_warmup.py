@@ -86,7 +86,7 @@ def test_the_engine_reads_the_step_it_is_given() -> None:
     net = make_net()
     reg = Regularizer(net, l1=L1, l1_warmup_steps=WARMUP)
     for step in (0, 3, WARMUP - 1, 50):
-        reg.step = step
+        reg.global_step = step
         assert torch.equal(reg.penalty(), ramp(step) * seed_l1_penalty(net))
 
 
@@ -94,3 +94,23 @@ def test_the_engine_reads_the_step_it_is_given() -> None:
 def test_a_bad_warm_up_is_refused_by_name(value: Any) -> None:
     with pytest.raises(ValueError, match=r"^Invalid l1_warmup_steps: "):
         RegularizationOptions(l1=L1, l1_warmup_steps=value)
+
+
+def test_a_bare_loop_resumes_its_warm_up_from_the_state_dict() -> None:
+    reg = Regularizer(nn.Linear(3, 3), l1=L1, l1_warmup_steps=WARMUP)
+    reg.global_step = 5
+    saved = reg.state_dict()
+    resumed = Regularizer(nn.Linear(3, 3), l1=L1, l1_warmup_steps=WARMUP)
+    resumed.load_state_dict(saved)
+    assert saved == {"global_step": 5}
+    assert resumed.l1_now == pytest.approx(ramp(5), rel=1e-15)
+    with pytest.raises(ValueError, match=r"Invalid state\['global_step'\]: -1"):
+        resumed.load_state_dict({"global_step": -1})
+
+
+def test_the_old_name_of_the_step_count_still_works_with_a_warning() -> None:
+    reg = Regularizer(nn.Linear(3, 3), l1=L1, l1_warmup_steps=WARMUP)
+    with pytest.warns(FutureWarning, match="Regularizer.step is deprecated .* Regularizer.global_step"):
+        reg.step = 3
+    with pytest.warns(FutureWarning):
+        assert reg.step == reg.global_step == 3

@@ -340,7 +340,7 @@ def test_the_penalty_and_statistics_are_sums_of_each_parameters_terms() -> None:
         net[0].bias[:3] = 0.0
     rules = {"0.*": {"l1": A, "group_l1": 0.2}, "3.bias": {"l2": B}}
     reg = Regularizer(net, l1=L1, l2=L2, group_l1=0.05, l1_mode="loss", l2_mode="loss", rules=rules)
-    reg.step = 1
+    reg.global_step = 1
     p = by_name(net)
     own = {  # (l1_p, l2_p, group_l1_p)
         "0.weight": (A, L2, 0.2),
@@ -370,7 +370,7 @@ def test_the_warm_up_ramps_every_parameters_l1() -> None:
     reg = Regularizer(net, l1=L1, l1_warmup_steps=4, rules={"3.*": {"l1": A}})
     p = by_name(net)
     for step in range(6):
-        reg.step = step
+        reg.global_step = step
         ramp = min(1.0, (step + 1) / 4)
         want = ramp * (
             L1 * torch.sum(torch.abs(p["0.weight"]))

@@ -81,12 +81,22 @@ def test_attaching_the_same_regularizer_again_replaces_its_hooks() -> None:
     assert torch.equal(model[2].weight, soft_threshold(plain["2.weight"], LR * L1[1]))  # once, not twice
 
 
-def test_detach_removes_the_hooks() -> None:
+@pytest.mark.parametrize("how", ["handle", "context", "detach (deprecated)"])
+def test_the_handle_attach_returns_removes_the_hooks(how: str) -> None:
     model = two_layers()
     optimizer = torch.optim.SGD(model.parameters(), lr=LR)
     regularizer = Regularizer(model, l1=L1[0], l1_mode="proximal")
-    regularizer.attach(optimizer)
-    regularizer.detach()
+    handle = regularizer.attach(optimizer)
+    assert owners(optimizer) == [regularizer]
+    if how == "handle":
+        handle.remove()
+        handle.remove()  # a second time: nothing left to remove
+    elif how == "context":
+        with regularizer.attach(optimizer):
+            assert owners(optimizer) == [regularizer]
+    else:
+        with pytest.warns(FutureWarning, match=r"Regularizer.detach\(\) is deprecated .* handle.remove\(\)"):
+            regularizer.detach()
     assert owners(optimizer) == []
     plain = one_sgd_step(model, optimizer)
     for name, param in model.named_parameters():

@@ -344,7 +344,7 @@ def test_the_warmup_ramps_l1_and_never_group_l1() -> None:
     )
     params = params_of(model)
     for step in (0, 1, 3, 7):
-        reg.step = step
+        reg.global_step = step
         want = min(1, (step + 1) / steps) * l1 * weights_l1(model) + group_term(params, RESNET_UNITS, G)
         torch.testing.assert_close(reg.penalty(), want, rtol=1e-13, atol=0)
 
@@ -366,7 +366,7 @@ def test_the_first_proximal_step_of_a_warmup_shrinks_units_by_the_whole_group_l1
         torch.optim.SGD(reference.parameters(), lr=LR),
     )
     reg.attach(sgd)
-    reg.step = 0
+    reg.global_step = 0
     batch = batches()[0]
     for net, optimizer in ((model, sgd), (reference, reference_sgd)):
         cross_entropy(net, batch).backward()
