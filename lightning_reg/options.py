@@ -73,7 +73,8 @@ OPTION_DOCS: dict[str, str] = {
     "rate of the group holding ``w`` at that step.",
     "l1_warmup_steps": "ramp the L1 strength up over this many optimizer steps: at step ``s`` (from 0) it is "
     "``l1 * min(1, (s + 1) / l1_warmup_steps)``; ``0``: no ramp. ``RegularizedModule`` takes ``s`` from "
-    "``trainer.global_step``, so a resumed run continues the ramp; a bare loop sets ``Regularizer.global_step``.",
+    "``trainer.global_step``, so a resumed run continues the ramp; a bare loop sets "
+    "``Regularizer.global_step``.",
     "fused": "run the package's own work at each step (the L1 term's value and gradient, the decoupled "
     "decay, the proximal and group steps) as kernels ``torch.compile`` generates: C++ on the CPU (a C++ "
     "compiler must be installed), Triton on CUDA; each is compiled once per parameter layout, on the "
