@@ -97,7 +97,6 @@ class GroupProx:
         entries, steps, duals = (torch.zeros(size, dtype=dtype, device=device) for _ in range(3))
         self._entries = [entries[: colour.size] for colour in colours]
         self._steps = [steps[: colour.size] for colour in colours]
-        crossing = {id(param) for param in layout.crossing}
         self._duals = [
             duals[: colour.size] if colour.first is not None or colour.later is not None else None
             for colour in colours
@@ -106,6 +105,21 @@ class GroupProx:
         self._padding = [group_layout.padding(colour) for colour in colours]
         self._entry_views = [group_layout.views(c, b) for c, b in zip(colours, self._entries, strict=True)]
         self._step_views = [group_layout.views(c, b) for c, b in zip(colours, self._steps, strict=True)]
+        self._plan_duals()
+        # per colour: each row's strength (for sums) and each chunk's (shaped to scale a chunk's entries)
+        self._strengths = [colour.strengths.to(self.sum_dtype) for colour in colours]
+        self._chunk_strengths = [
+            colour.strengths.to(dtype)[colour.chunk_rows].unsqueeze(1) for colour in colours
+        ]
+        self._row_step_cache: dict[int, tuple[tuple[float, ...], Tensor]] = {}
+        self._chunked = self._chunk_views()
+        self._floor = torch.finfo(dtype).tiny ** 0.5
+
+    def _plan_duals(self) -> None:
+        """Per colour, made once: which placements hold crossing parameters (whose dual states the step
+        reads and writes back), those placements, and the views of the duals' buffer they fill."""
+        colours = self.layout.colours
+        crossing = {id(param) for param in self.layout.crossing}
         self._dual_places = [
             [index for index, place in enumerate(colour.placements) if id(place.member.param) in crossing]
             for colour in colours
@@ -118,15 +132,12 @@ class GroupProx:
             [group_layout.views(c, b)[i] for i in places] if b is not None else []
             for c, b, places in zip(colours, self._duals, self._dual_places, strict=True)
         ]
-        # per colour: each row's strength (for sums) and each chunk's (shaped to scale a chunk's entries)
-        self._strengths = [colour.strengths.to(self.sum_dtype) for colour in colours]
-        self._chunk_strengths = [
-            colour.strengths.to(dtype)[colour.chunk_rows].unsqueeze(1) for colour in colours
-        ]
-        self._row_step_cache: dict[int, tuple[tuple[float, ...], Tensor]] = {}
-        # per colour, made once: the chunk views of its buffers and of the work buffers, and a column
-        # for per-row values spread over the chunks
-        self._chunked = [
+
+    def _chunk_views(self) -> list[group_layout.Chunked]:
+        """Per colour, made once: the chunk views of its buffers and of the work buffers, and a column
+        for per-row values spread over the chunks."""
+        colours, dtype = self.layout.colours, self.dtype
+        return [
             group_layout.Chunked(
                 entries=entries.view(-1, CHUNK),
                 steps=steps.view(-1, CHUNK),
@@ -137,13 +148,12 @@ class GroupProx:
                 l1=None if colour.l1 is None else colour.l1.view(-1, CHUNK),
                 work=[buffer[: colour.size].view(-1, CHUNK) for buffer in self._work],
                 alive=self._alive[: colour.size].view(-1, CHUNK),
-                column=torch.empty(colour.size // CHUNK, 1, dtype=dtype, device=device),
+                column=torch.empty(colour.size // CHUNK, 1, dtype=dtype, device=self.device),
             )
             for colour, entries, steps, duals in zip(
                 colours, self._entries, self._steps, self._duals, strict=True
             )
         ]
-        self._floor = torch.finfo(dtype).tiny ** 0.5
 
     @torch.no_grad()
     def step(

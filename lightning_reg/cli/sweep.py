@@ -76,6 +76,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0,
         help="seed of the split, the weights and (without --storage) the sampler (default 0)",
     )
+    _add_search_arguments(parser)
+
+
+def _add_search_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of how the points are searched, shared, cut short and plotted."""
     parser.add_argument(
         "--n-trials", type=parse_positive_int, metavar="N", help="search with Optuna: run N trials"
     )
@@ -115,27 +120,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if all(value is None for value in strengths.values()):
         strengths["l1"] = list(DEFAULT_L1)
     line = ProgressLine("", sys.stderr)
-    stepwise = args.pruner is not None or args.warm_start
-    options: dict[str, Any] = {
-        "monitor": args.monitor,
-        "mode": SWEEP_MONITORS[args.monitor],
-        "trainer_kwargs": {
-            "accelerator": "cpu",
-            "devices": 1,
-            "max_epochs": args.epochs,
-            # validate once, after the last epoch, unless a pruner or a path's stopping rule reads it
-            "check_val_every_n_epoch": max(1, args.epochs // VALIDATIONS) if stepwise else args.epochs,
-            "num_sanity_val_steps": 0,
-            "callbacks": [line],
-        },
-        "n_trials": args.n_trials,
-        "sampler": args.sampler,
-        "storage": args.storage,
-        "study_name": args.study_name,
-        "seed": args.seed,
-        "pruner": args.pruner,
-        "warm_start": args.warm_start,
-    }
+    options = _sweep_options(args, line)
     built = 0
 
     def make_model(**point: Any) -> RegularizedDigitsMLP:
@@ -170,16 +155,48 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         result = sweep(
             make_model, data.train_loader(), data.eval_loaders(), **strengths, **options, progress=progress
         )
-    print(f"{describe_setup(data, args.epochs, args.seed)}; l1_mode {args.l1_mode}")
+    _print_result(
+        result, f"{describe_setup(data, args.epochs, args.seed)}; l1_mode {args.l1_mode}", args.plot
+    )
+    return 0
+
+
+def _sweep_options(args: argparse.Namespace, line: ProgressLine) -> dict[str, Any]:
+    """The keyword arguments of :func:`~lightning_reg.sweeps.sweep` that the options give."""
+    stepwise = args.pruner is not None or args.warm_start
+    return {
+        "monitor": args.monitor,
+        "mode": SWEEP_MONITORS[args.monitor],
+        "trainer_kwargs": {
+            "accelerator": "cpu",
+            "devices": 1,
+            "max_epochs": args.epochs,
+            # validate once, after the last epoch, unless a pruner or a path's stopping rule reads it
+            "check_val_every_n_epoch": max(1, args.epochs // VALIDATIONS) if stepwise else args.epochs,
+            "num_sanity_val_steps": 0,
+            "callbacks": [line],
+        },
+        "n_trials": args.n_trials,
+        "sampler": args.sampler,
+        "storage": args.storage,
+        "study_name": args.study_name,
+        "seed": args.seed,
+        "pruner": args.pruner,
+        "warm_start": args.warm_start,
+    }
+
+
+def _print_result(result: SweepResult, setup: str, plot: str | None) -> None:
+    """The table, the best strengths and (with ``plot``) where the figure went, on standard output."""
+    print(setup)
     print()
     print(format_sweep_table(result))
     print()
     best = ", ".join(f"{name}={value:g}" for name, value in result.best.items())
     print(f"best ({'lowest' if result.mode == 'min' else 'highest'} {result.monitor}): {best}")
-    if args.plot is not None:
-        result.plot(args.plot)
-        print(f"figure: {args.plot}")
-    return 0
+    if plot is not None:
+        result.plot(plot)
+        print(f"figure: {plot}")
 
 
 def format_sweep_table(result: SweepResult) -> str:

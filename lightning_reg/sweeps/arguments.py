@@ -158,20 +158,8 @@ def check_arguments(
     if not callable(make_model):
         raise InvalidArgumentError("make_model", make_model, "a callable that builds a model")
     trials = None if n_trials is None else check_integer("n_trials", n_trials, 1)
-    values = {
-        name: _strength_list(name, value, log_range=trials is not None)
-        for name, value in strengths.items()
-        if value is not None
-    }
-    if not values:
-        raise ValueError(
-            f"nothing to sweep: give at least one of {', '.join(STRENGTH_NAMES)} (e.g. l1=[1e-5, 1e-4, 1e-3])"
-        )
-    monitor = check_text("monitor", monitor, "the name of a logged metric")
-    columns = (*STRENGTH_NAMES, *MEASUREMENTS, "error")
-    if monitor in columns:
-        other = ", ".join(repr(column) for column in columns)
-        raise InvalidArgumentError("monitor", monitor, f"a metric other than the table's columns {other}")
+    values = _values(strengths, log_range=trials is not None)
+    monitor = _monitor(monitor)
     checked_mode = cast(Mode, check_choice("mode", mode, MODES))
     checked_sampler = cast(
         Sampler, "random" if sampler is None else check_choice("sampler", sampler, SAMPLERS)
@@ -186,33 +174,7 @@ def check_arguments(
     caught = _exception_types("catch", catch)
     if progress is not None and not callable(progress):
         raise InvalidArgumentError("progress", progress, "a callable that takes a row, or None")
-    if trials is None:
-        if sampler is not None:
-            raise ValueError(
-                f"Invalid sampler: {sampler!r} without n_trials (a grid runs every point; give "
-                "n_trials to search with Optuna)"
-            )
-        if study_name is not None and storage is None and checked_pruner is None:
-            raise ValueError(
-                f"Invalid study_name: {study_name!r} without n_trials, storage or pruner (a plain grid "
-                "makes no Optuna study to name)"
-            )
-    if storage is not None and study_name is None:
-        raise ValueError(
-            f"Invalid study_name: None with storage={storage!r} (name the study, so that other "
-            "workers can load it)"
-        )
-    if warm:
-        for name, value in (("n_trials", trials), ("storage", storage), ("pruner", checked_pruner)):
-            if value is not None:
-                raise ValueError(
-                    f"Invalid warm_start: {warm!r} with {name}={value!r} (a warm-started path trains the "
-                    "points of a grid one after another in this process, each stopped by its own "
-                    "rule; drop warm_start or " + name + ")"
-                )
-    if trials is not None or storage is not None:
-        import_optuna()
-    return Search(
+    search = Search(
         values=values,
         monitor=monitor,
         mode=checked_mode,
@@ -226,6 +188,63 @@ def check_arguments(
         warm_start=warm,
         catch=caught,
     )
+    _check_together(search, sampler)
+    if trials is not None or storage is not None:
+        import_optuna()
+    return search
+
+
+def _values(strengths: Mapping[str, object], log_range: bool) -> dict[str, list[float]]:
+    """The swept strengths' checked lists; at least one is required."""
+    values = {
+        name: _strength_list(name, value, log_range=log_range)
+        for name, value in strengths.items()
+        if value is not None
+    }
+    if not values:
+        raise ValueError(
+            f"nothing to sweep: give at least one of {', '.join(STRENGTH_NAMES)} (e.g. l1=[1e-5, 1e-4, 1e-3])"
+        )
+    return values
+
+
+def _monitor(monitor: object) -> str:
+    """The name of a logged metric that is none of the table's columns."""
+    name = check_text("monitor", monitor, "the name of a logged metric")
+    columns = (*STRENGTH_NAMES, *MEASUREMENTS, "error")
+    if name in columns:
+        other = ", ".join(repr(column) for column in columns)
+        raise InvalidArgumentError("monitor", name, f"a metric other than the table's columns {other}")
+    return name
+
+
+def _check_together(search: Search, sampler: object) -> None:
+    """Refuse the arguments that are each valid but do not go together (``sampler`` as given)."""
+    if search.n_trials is None:
+        if sampler is not None:
+            raise ValueError(
+                f"Invalid sampler: {sampler!r} without n_trials (a grid runs every point; give "
+                "n_trials to search with Optuna)"
+            )
+        if search.study_name is not None and search.storage is None and search.pruner is None:
+            raise ValueError(
+                f"Invalid study_name: {search.study_name!r} without n_trials, storage or pruner (a plain "
+                "grid makes no Optuna study to name)"
+            )
+    if search.storage is not None and search.study_name is None:
+        raise ValueError(
+            f"Invalid study_name: None with storage={search.storage!r} (name the study, so that other "
+            "workers can load it)"
+        )
+    if search.warm_start:
+        given = (("n_trials", search.n_trials), ("storage", search.storage), ("pruner", search.pruner))
+        for name, value in given:
+            if value is not None:
+                raise ValueError(
+                    f"Invalid warm_start: {search.warm_start!r} with {name}={value!r} (a warm-started path "
+                    "trains the points of a grid one after another in this process, each stopped by its "
+                    "own rule; drop warm_start or " + name + ")"
+                )
 
 
 def _warm_start(value: object) -> WarmStart:
