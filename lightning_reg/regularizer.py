@@ -82,6 +82,7 @@ class Regularizer:
 
     Example, the tutorial's Elastic Net loop::
 
+        >>> import torch
         >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
         <torch._C.Generator object at ...>
         >>> model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 1))
