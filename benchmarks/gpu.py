@@ -5,7 +5,7 @@
 
 The same number of weights is cut into ``--few`` and into ``--many`` tensors. For each piece of
 per-step work (the L1 value, the L1 gradient, decoupled decay, the proximal step) and each form of
-:mod:`lightning_reg.kernels` (the per-tensor loop and the multi-tensor form), the table gives the
+:mod:`lightning_reg.functional.kernels` (the per-tensor loop and the multi-tensor form), the table gives the
 number of operators dispatched, the number of device kernels launched (CUDA profiler; ``-`` elsewhere),
 and the median time against the floor ``torch._foreach_add_(grads, W)`` on the same tensors. On an
 accelerator the multi-tensor form, which the package picks there, must launch as many kernels for
@@ -31,7 +31,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from lightning_reg import Regularizer, fused, kernels
+from lightning_reg import Regularizer
+from lightning_reg.functional import fused, kernels
 
 
 class CountOps(TorchDispatchMode):

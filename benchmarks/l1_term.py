@@ -8,7 +8,7 @@ Each trial gives every weight a gradient (as the data loss would), then runs one
 - floor: ``torch._foreach_add_(grads, W, alpha)``, one multi-tensor pass (read W, read and write grads);
 - tutorial: ``(l1 * sum(torch.sum(torch.abs(w)))).backward()``, the gradient through autograd;
 - package: ``l1_term(W, l1).backward()``, the value without autograd and ``sign(w) * l1`` added to
-  ``.grad`` in place at the end of backward (:mod:`lightning_reg.deferred`).
+  ``.grad`` in place at the end of backward (:mod:`lightning_reg.functional.deferred`).
 
 The three run in turn, ``--trials`` times, in one process, so that a noisy machine slows them alike;
 the table gives medians and quartiles, and the ratios to the floor.
@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 import torch
 
-from lightning_reg.deferred import l1_term
+from lightning_reg.functional.deferred import l1_term
 
 
 def main(argv: list[str] | None = None) -> int:

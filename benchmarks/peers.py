@@ -54,7 +54,7 @@ from torch.nn import functional as F
 from lightning_reg import Regularizer, recalibrate_batchnorm, shrink
 from lightning_reg.demos import DigitsSplit, as_images, load_digits_split
 from lightning_reg.demos.resnet import ResNet
-from lightning_reg.optional import require
+from lightning_reg.utilities.optional import require
 
 Step = Callable[[nn.Module], None]
 

@@ -37,10 +37,10 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from lightning_reg import Regularizer, recalibrate_batchnorm, shrink
-from lightning_reg.channels import trace
 from lightning_reg.demos import DigitsSplit, as_images, load_digits_split
 from lightning_reg.demos.resnet import ResNet
-from lightning_reg.optional import require
+from lightning_reg.structured.channels import trace
+from lightning_reg.utilities.optional import require
 
 
 def train(

@@ -7,16 +7,20 @@ are imported on first use, so a bare training loop pays no Lightning import.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+import importlib as _importlib
+import typing as _typing
 
-from lightning_reg.batchnorm import recalibrate_batchnorm
+from lightning_reg import _moved
 from lightning_reg.options import RegularizationOptions
 from lightning_reg.regularizer import Regularizer
-from lightning_reg.shrink import shrink
 from lightning_reg.statistics import WeightStatistics
+from lightning_reg.structured.batchnorm import recalibrate_batchnorm
+from lightning_reg.structured.channels import UntraceableModelError
+from lightning_reg.structured.shrink import shrink
+from lightning_reg.utilities.checks import InvalidArgumentError
+from lightning_reg.utilities.optional import MissingDependencyError
 
-if TYPE_CHECKING:
+if _typing.TYPE_CHECKING:
     from lightning_reg.module import RegularizedModule
     from lightning_reg.monitor import RegularizationMonitor
     from lightning_reg.recalibration import BatchNormRecalibration
@@ -33,11 +37,14 @@ _LAZY = {
 
 __all__ = [
     "BatchNormRecalibration",
+    "InvalidArgumentError",
+    "MissingDependencyError",
     "RegularizationMonitor",
     "RegularizationOptions",
     "RegularizedModule",
     "Regularizer",
     "SweepResult",
+    "UntraceableModelError",
     "WeightStatistics",
     "recalibrate_batchnorm",
     "shrink",
@@ -46,13 +53,17 @@ __all__ = [
 __version__ = "0.2.0"
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _typing.Any:
     if name not in _LAZY:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_LAZY[name]), name)
+    value = getattr(_importlib.import_module(_LAZY[name]), name)
     globals()[name] = value  # imported once: later lookups do not come here
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+    """The public API, and nothing else."""
+    return sorted(__all__)
+
+
+_moved.install()

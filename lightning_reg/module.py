@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from lightning_reg.eager import always_eager
+from lightning_reg.optim.step_updates import UnheldParametersWarning, warn_if_unheld
 from lightning_reg.options import (
     GroupBy,
     L1Mode,
@@ -30,7 +30,7 @@ from lightning_reg.options import (
     document_options,
 )
 from lightning_reg.regularizer import Regularizer
-from lightning_reg.step_updates import UnheldParametersWarning, warn_if_unheld
+from lightning_reg.utilities.eager import always_eager
 from lightning_reg.utilities.nested import leaves
 
 if TYPE_CHECKING:

@@ -13,11 +13,11 @@ from lightning.pytorch.loggers import Logger
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_reg.checks import check_flag, check_integer, check_number
+from lightning_reg.functional.sharding import is_sharded
 from lightning_reg.module import RegularizedModule, regularizer_of
 from lightning_reg.regularizer import Regularizer
-from lightning_reg.sharding import is_sharded
 from lightning_reg.statistics import NEAR_ZERO_TOL
+from lightning_reg.utilities.checks import check_flag, check_integer, check_number
 
 PREFIX = "reg/"
 HISTOGRAM_PREFIX = PREFIX + "weights/"
@@ -111,7 +111,7 @@ class RegularizationMonitor(Callback):
         >>> RegularizationMonitor(log_every_n_steps=0)
         Traceback (most recent call last):
         ...
-        lightning_reg.checks.InvalidArgumentError: Invalid log_every_n_steps: 0 (expected an integer >= 1)
+        lightning_reg.InvalidArgumentError: Invalid log_every_n_steps: 0 (expected an integer >= 1)
     """
 
     def __init__(

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, TypeVar
 
-from lightning_reg.checks import (
+from lightning_reg.utilities.checks import (
     check_choice,
     check_flag,
     check_globs,
@@ -44,7 +44,8 @@ OPTION_DOCS: dict[str, str] = {
     "``group_by`` makes.",
     "group_by": '``"rows"`` (dim 0 of each weight: output units, conv filters), ``"columns"`` (dim 1: input '
     'units, input channels) or ``"channels"``: coupled units traced from the model (the ``structured`` '
-    "extra; see :mod:`~lightning_reg.channels`): each group holds every slice of one channel, the producing "
+    "extra; see :mod:`~lightning_reg.structured.channels`): each group holds every slice of one channel, "
+    "the producing "
     "layer's row and bias entry, the normalization's scale and shift, the consumers' input slices and "
     "everything added to it through residual connections, or one attention head; such a group is "
     "regularized when every weight writing into it is and all its members are trainable, with those "
@@ -64,7 +65,8 @@ OPTION_DOCS: dict[str, str] = {
     "proximal_threshold": 'how far the proximal step shrinks each entry: ``"optimizer"`` (default) by the '
     "strength times the step the optimizer has just applied to that entry's gradient (SGD with or "
     "without momentum, Adam, AdamW, NAdam, RAdam, Adamax, RMSprop, Adagrad; see "
-    ":mod:`~lightning_reg.step_sizes`), so that training lands on the minimiser of ``loss + l1 * sum|w| "
+    ":mod:`~lightning_reg.optim.step_sizes`), so that training lands on the minimiser of ``loss + l1 * "
+    "sum|w| "
     '+ group_l1 * sum_g ||w_g||`` as with plain SGD; ``"lr"`` by ``lr * l1`` (ISTA), for any optimizer, '
     "exact for plain SGD only.",
     "l2_mode": "``\"weight_decay\"`` (the tutorial's) sets the optimizer's ``weight_decay`` on the "
@@ -139,7 +141,7 @@ class RegularizationOptions:
     >>> RegularizationOptions(l1=float("nan"))
     Traceback (most recent call last):
     ...
-    lightning_reg.checks.InvalidArgumentError: Invalid l1: nan (expected a finite number >= 0)
+    lightning_reg.InvalidArgumentError: Invalid l1: nan (expected a finite number >= 0)
     """
 
     l1: float = 0.0

@@ -8,8 +8,8 @@ from typing import Any
 
 import lightning.pytorch as L
 
-from lightning_reg.batchnorm import first_input, has_batchnorm, recalibrate_batchnorm
-from lightning_reg.checks import check_integer
+from lightning_reg.structured.batchnorm import first_input, has_batchnorm, recalibrate_batchnorm
+from lightning_reg.utilities.checks import check_integer
 
 __all__ = ["BatchNormRecalibration", "warn_if_stale"]
 
@@ -20,10 +20,11 @@ DEFAULT_BATCHES = 20
 class BatchNormRecalibration(L.Callback):
     """Recompute the model's BatchNorm statistics from training batches before each validation (not
     the sanity check) and at the end of ``fit``
-    (:func:`~lightning_reg.batchnorm.recalibrate_batchnorm`).
+    (:func:`~lightning_reg.structured.batchnorm.recalibrate_batchnorm`).
 
     Under group L1 the running statistics lag behind the shrinking convolutions in front of each
-    BatchNorm and eval-mode outputs go wrong (see :mod:`~lightning_reg.batchnorm`); with this callback
+    BatchNorm and eval-mode outputs go wrong (see :mod:`~lightning_reg.structured.batchnorm`); with this
+    callback
     every validation, and the model ``fit`` leaves, use statistics of the weights as they are. A
     ``RegularizedModule`` with group L1 and BatchNorm warns when the Trainer has none.
 

@@ -10,10 +10,12 @@ from typing import Any
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from lightning_reg import channels, fused, step_hooks, step_sizes, step_updates
 from lightning_reg.activity import ActivityPenalty
-from lightning_reg.checks import InvalidArgumentError, check_integer, deprecated
-from lightning_reg.kernels import sum_in_order
+from lightning_reg.functional import fused
+from lightning_reg.functional.kernels import sum_in_order
+from lightning_reg.optim import step_hooks, step_sizes, step_updates
+from lightning_reg.optim.param_groups import check_no_own_decay, decay_groups, split_optimizer, unwrapped
+from lightning_reg.optim.weight_penalty import Terms, WeightPenalty
 from lightning_reg.options import (
     GroupBy,
     L1Mode,
@@ -22,7 +24,6 @@ from lightning_reg.options import (
     RegularizationOptions,
     document_options,
 )
-from lightning_reg.param_groups import check_no_own_decay, decay_groups, split_optimizer, unwrapped
 from lightning_reg.selection import (
     Selection,
     Strengths,
@@ -33,7 +34,8 @@ from lightning_reg.selection import (
     warn_unmatched,
 )
 from lightning_reg.statistics import NEAR_ZERO_TOL, WeightStatistics, statistics_of
-from lightning_reg.weight_penalty import Terms, WeightPenalty
+from lightning_reg.structured import channels
+from lightning_reg.utilities.checks import InvalidArgumentError, check_integer, deprecated
 
 
 @document_options
@@ -54,7 +56,7 @@ class Regularizer:
       ``l1_mode="loss"``, and ``l2 / 2 * sum w^2`` when ``l2_mode="loss"``;
     - in the optimizer: :meth:`param_groups` (new optimizers) and :meth:`attach` (existing ones) give
       ``W`` ``weight_decay=l2`` when ``l2_mode="weight_decay"`` (one group per distinct ``l2_p``, see
-      :func:`~lightning_reg.param_groups.decay_names`); :meth:`attach` also installs the
+      :func:`~lightning_reg.optim.param_groups.decay_names`); :meth:`attach` also installs the
       step-bound updates of the other modes: ``w <- w * (1 - lr * l2)`` right before each update
       (``"decoupled"``), with ``lr`` the learning rate of the group holding ``w`` at that step, and
       the proximal operators of the L1 and group terms right after it (``"proximal"``), for the step
@@ -75,7 +77,8 @@ class Regularizer:
             non-empty strings; a mode or ``group_by`` is not one of its choices; ``rules`` is not a dict
             of non-empty globs to dicts of those strengths; a rule gives ``group_l1 > 0`` to a 0-D
             parameter, or to a 1-D one with ``group_by="columns"`` (it has no groups there);
-            ``fused=True`` where ``torch.compile`` cannot generate kernels (:mod:`~lightning_reg.fused`).
+            ``fused=True`` where ``torch.compile`` cannot generate kernels
+            (:mod:`~lightning_reg.functional.fused`).
 
     Warns:
         UserWarning: an ``exclude`` or ``rules`` pattern matches no parameter.
@@ -207,7 +210,8 @@ class Regularizer:
         """The terms to add to the loss (see the class docstring); a constant zero when there are none.
 
         The L1 term's gradient is added to each weight's ``.grad`` at the end of backward rather than
-        carried by autograd (:func:`~lightning_reg.deferred.l1_term`): the same numbers, in fewer passes.
+        carried by autograd (:func:`~lightning_reg.functional.deferred.l1_term`): the same numbers, in fewer
+        passes.
 
         Over sharded parameters (``DTensor``) the value is included but detached: their gradient is added
         at the optimizer step by the hook :meth:`attach` installs, after FSDP has reduced the gradients of
@@ -261,7 +265,7 @@ class Regularizer:
         optimizer inside, which the wrapper's steps run.
 
         - ``l2_mode="weight_decay"``, ``l2 > 0``: split its groups so that only ``W`` decays, with
-          ``weight_decay=l2`` (:func:`~lightning_reg.param_groups.split_optimizer`; ``schedulers`` bound
+          ``weight_decay=l2`` (:func:`~lightning_reg.optim.param_groups.split_optimizer`; ``schedulers`` bound
           to it are expanded to match). With ``l2 == 0`` the groups are left as built.
         - ``"decoupled"`` or ``"loss"`` L2: the optimizer's own weight decay of ``W`` must be ``0``.
         - installs the decoupled decay (before each update) and the proximal step (after each update),
@@ -275,10 +279,10 @@ class Regularizer:
         parameter is regularized by two of them and only the first splits the groups for weight decay.
 
         Raises:
-            ValueError: see :func:`~lightning_reg.param_groups.split_optimizer`; for a non-zero
+            ValueError: see :func:`~lightning_reg.optim.param_groups.split_optimizer`; for a non-zero
                 ``weight_decay`` on ``W`` with ``l2_mode`` ``"loss"`` or ``"decoupled"``; for an
                 optimizer whose step sizes are unknown, with ``l1_mode="proximal"`` and
-                ``proximal_threshold="optimizer"`` (:func:`~lightning_reg.step_sizes.check_supported`);
+                ``proximal_threshold="optimizer"`` (:func:`~lightning_reg.optim.step_sizes.check_supported`);
                 for an optimizer another regularizer is attached to, when the two regularize a parameter
                 in common or this one would split the groups for weight decay.
         """
@@ -349,7 +353,7 @@ class Regularizer:
         """Resume from :meth:`state_dict`.
 
         Raises:
-            ~lightning_reg.checks.InvalidArgumentError: ``state`` has no ``global_step`` integer >= 0.
+            ~lightning_reg.InvalidArgumentError: ``state`` has no ``global_step`` integer >= 0.
         """
         if not isinstance(state, Mapping):
             raise InvalidArgumentError("state", state, "the dict Regularizer.state_dict() returned")
@@ -380,7 +384,7 @@ class Regularizer:
         ``s``: together the exact proximal operator of ``l1 * |w| + group_l1 * ||w_g||`` (sparse group
         lasso) for the step ``s`` the update applied to that entry. With ``proximal_threshold=
         "optimizer"`` ``s`` is read from the optimizer's state
-        (:mod:`~lightning_reg.step_sizes`); with ``"lr"`` it is the group's learning rate.
+        (:mod:`~lightning_reg.optim.step_sizes`); with ``"lr"`` it is the group's learning rate.
         ``l1`` (with the warm-up's ramp) and ``group_l1`` are each weight's own.
         """
         options = self.options

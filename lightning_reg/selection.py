@@ -27,8 +27,8 @@ from fnmatch import fnmatchcase
 
 from torch import Tensor, nn
 
-from lightning_reg.couplings import Coupling
 from lightning_reg.options import StrengthName
+from lightning_reg.structured.couplings import Coupling
 
 #: The attribute FSDP1 sets on the parameters it flattens (``torch.distributed.fsdp._common_utils``).
 _FSDP1_FLATTENED = "_fsdp_flattened"
@@ -307,7 +307,7 @@ def units_by_strength(
 
 def units_of(selection: Selection, group_by: str) -> list[tuple[Coupling, float]]:
     """The units of the group term with their ``group_l1``: the coupled channels (``"channels"``), else
-    each regularized weight's rows or columns (:meth:`~lightning_reg.couplings.Coupling.along`).
+    each regularized weight's rows or columns (:meth:`~lightning_reg.structured.couplings.Coupling.along`).
 
     >>> model = nn.Sequential(nn.Linear(4, 3))
     >>> [(unit.name, unit.count, strength) for unit, strength in units_of(

@@ -34,9 +34,9 @@ from helpers import fit
 from torch import Tensor, nn
 
 from lightning_reg import RegularizedModule, Regularizer
-from lightning_reg.channels import TracedCoupling, UntraceableModelError, trace
-from lightning_reg.checks import InvalidArgumentError
-from lightning_reg.couplings import Coupling
+from lightning_reg.structured.channels import TracedCoupling, UntraceableModelError, trace
+from lightning_reg.structured.couplings import Coupling
+from lightning_reg.utilities.checks import InvalidArgumentError
 
 
 def membership(coupling: Coupling) -> dict[tuple[str, int], tuple[list[int], list[int]]]:

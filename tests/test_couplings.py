@@ -1,4 +1,5 @@
-"""The math of couplings (``lightning_reg.couplings``) against formulas written channel by channel here.
+"""The math of couplings (``lightning_reg.structured.couplings``) against formulas written channel by channel
+here.
 
 One coupling of three channels is built by hand from four parameters: ``a`` whose rows come in pairs (a
 head of two rows per channel), ``b`` one entry per channel (a BatchNorm scale), ``c`` whose columns come
@@ -16,15 +17,15 @@ import torch
 from architectures import metric_prox
 from torch import Tensor, nn
 
-from lightning_reg.couplings import (
+from lightning_reg.optim.group_layout import build
+from lightning_reg.optim.group_prox import GroupProx
+from lightning_reg.structured.couplings import (
     Coupling,
     Member,
     channel_norms,
     coupled_l1_norm,
     coupled_statistics,
 )
-from lightning_reg.group_layout import build
-from lightning_reg.group_prox import GroupProx
 
 DTYPE = torch.float64
 COUNT = 3

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from lightning_reg.deferred import l1_term
+from lightning_reg.functional.deferred import l1_term
 
 L1 = 0.0123
 

@@ -16,8 +16,9 @@ from helpers import RegRegression
 from torch import Tensor, nn
 from torch._dynamo.utils import counters
 
-from lightning_reg import Regularizer, fused
-from lightning_reg.checks import InvalidArgumentError
+from lightning_reg import Regularizer
+from lightning_reg.functional import fused
+from lightning_reg.utilities.checks import InvalidArgumentError
 
 L1, L2, LR = 1e-2, 1e-2, 0.05
 

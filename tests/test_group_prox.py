@@ -39,8 +39,9 @@ import torch
 from numpy.typing import NDArray
 from torch import Tensor, nn
 
-from lightning_reg import Regularizer, group_prox
+from lightning_reg import Regularizer
 from lightning_reg.demos.resnet import ResNet
+from lightning_reg.optim import group_prox
 
 Array = NDArray[np.float64]
 DTYPE = torch.float64

@@ -83,11 +83,37 @@ def test_the_graph_is_read_from_the_source() -> None:
     modules = module_names()
     graph = {name: imports_of(name, path, set(modules)) for name, path in modules.items()}
     assert "lightning_reg.sweeps.storages" in graph["lightning_reg.sweeps.study"]
-    assert "lightning_reg.optional" in graph["lightning_reg.sweeps.arguments"]
-    assert "lightning_reg.group_layout" in graph["lightning_reg.group_prox"]  # from lightning_reg import x
+    assert "lightning_reg.utilities.optional" in graph["lightning_reg.sweeps.arguments"]
+    assert (
+        "lightning_reg.optim.group_layout" in graph["lightning_reg.optim.group_prox"]
+    )  # from lightning_reg import x
 
 
 def test_no_module_imports_itself_through_others() -> None:
     modules = module_names()
     graph = {name: imports_of(name, path, set(modules)) for name, path in modules.items()}
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph) or [])
+
+
+def test_the_namespace_shows_the_public_api_and_nothing_else() -> None:
+    assert dir(lightning_reg) == sorted(lightning_reg.__all__)
+    assert callable(lightning_reg.shrink)  # the function, no longer hidden by a submodule of its name
+    assert not isinstance(lightning_reg.shrink, type(lightning_reg))
+    for helper in ("importlib", "TYPE_CHECKING", "Any"):
+        assert helper not in dir(lightning_reg)
+
+
+def test_a_module_path_of_0_2_still_imports_with_a_warning() -> None:
+    import importlib
+    import sys
+
+    import pytest
+
+    from lightning_reg.utilities import checks
+
+    sys.modules.pop("lightning_reg.checks", None)
+    with pytest.warns(FutureWarning, match=r"lightning_reg.checks moved to lightning_reg.utilities.checks"):
+        old = importlib.import_module("lightning_reg.checks")
+    assert old is checks
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module("lightning_reg.no_such_module")

@@ -10,7 +10,7 @@ import torch
 from helpers import RecordOps
 from torch import Tensor
 
-from lightning_reg import kernels
+from lightning_reg.functional import kernels
 
 FORMS = pytest.mark.parametrize("multi_tensor", [False, True], ids=["loop", "foreach"])
 # The default bucket size (one bucket per dtype run), and one small enough to split runs into several.

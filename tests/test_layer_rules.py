@@ -13,8 +13,9 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from lightning_reg import Regularizer, layer_rules, shrink
-from lightning_reg.checks import InvalidArgumentError
+from lightning_reg import Regularizer, shrink
+from lightning_reg.structured import layer_rules
+from lightning_reg.utilities.checks import InvalidArgumentError
 
 tp = pytest.importorskip("torch_pruning")
 INPUTS = torch.randn(2, 3, 5, 5, generator=torch.Generator().manual_seed(0))

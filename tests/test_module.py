@@ -531,7 +531,7 @@ class WithTemperature(RegRegression):
 def test_an_optimizer_of_several_may_hold_no_regularized_weight_but_not_all_of_them() -> None:
     import warnings
 
-    from lightning_reg.step_updates import UnheldParametersWarning
+    from lightning_reg.optim.step_updates import UnheldParametersWarning
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")

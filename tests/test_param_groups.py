@@ -12,7 +12,7 @@ from torch import nn
 from torch.optim import SGD, Optimizer
 from torch.optim import lr_scheduler as sched
 
-from lightning_reg.param_groups import decay_groups, split_optimizer
+from lightning_reg.optim.param_groups import decay_groups, split_optimizer
 
 WD = 0.02
 

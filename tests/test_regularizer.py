@@ -20,8 +20,9 @@ from helpers import (
 )
 from torch import nn
 
-from lightning_reg import Regularizer, group_prox
-from lightning_reg.step_updates import UnheldParametersWarning
+from lightning_reg import Regularizer
+from lightning_reg.optim import group_prox
+from lightning_reg.optim.step_updates import UnheldParametersWarning
 
 L1, L2 = 3e-3, 2e-2
 

@@ -29,7 +29,7 @@ from helpers import (
 from torch import Tensor, nn
 
 from lightning_reg import Regularizer
-from lightning_reg.param_groups import decay_names, split_optimizer
+from lightning_reg.optim.param_groups import decay_names, split_optimizer
 from lightning_reg.selection import Strengths, select_parameters
 
 L1, L2, LR = 3e-3, 2e-2, 0.05

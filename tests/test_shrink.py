@@ -41,7 +41,7 @@ from torch.nn.utils import prune
 from torch.utils.data import TensorDataset
 
 from lightning_reg import RegularizedModule, Regularizer
-from lightning_reg.shrink import shrink
+from lightning_reg.structured.shrink import shrink
 
 DTYPE = torch.float64
 

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_reg import RegularizedModule, Regularizer
-from lightning_reg.step_hooks import attach, owners
+from lightning_reg.optim.step_hooks import attach, owners
 
 LR = 0.1
 L1 = (2.0, 1.5)  # the first layer's strength, the second's: large enough to zero entries in one step

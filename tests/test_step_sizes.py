@@ -23,7 +23,7 @@ from torch import Tensor, nn, optim
 from torch.optim import Optimizer
 
 from lightning_reg import RegularizationOptions, RegularizedModule, Regularizer
-from lightning_reg.step_sizes import StepSize, check_supported, step_size
+from lightning_reg.optim.step_sizes import StepSize, check_supported, step_size
 
 State = MutableMapping[str, Any]
 Group = dict[str, Any]

@@ -1,4 +1,5 @@
-"""The argparse types of ``lightning-reg``: the checks of :mod:`lightning_reg.checks`, on command-line text.
+"""The argparse types of ``lightning-reg``: the checks of :mod:`lightning_reg.utilities.checks`, on
+command-line text.
 
 :func:`argument_type` turns a check into an argparse ``type``: the text is parsed, the check runs, and a
 refused value becomes argparse's error for the flag, with the check's own ``expected`` phrase:
@@ -13,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from lightning_reg.checks import InvalidArgumentError, check_integer, check_number
+from lightning_reg.utilities.checks import InvalidArgumentError, check_integer, check_number
 
 _Value = TypeVar("_Value")
 
@@ -26,7 +27,7 @@ def argument_type(
     Text that ``parse`` refuses goes to the check as it is, which refuses it in turn.
 
     Args:
-        check: a check of :mod:`lightning_reg.checks`, called as ``check(name, value)``.
+        check: a check of :mod:`lightning_reg.utilities.checks`, called as ``check(name, value)``.
         parse: turns the text into the value to check (``float``, ``int``, ``str``).
 
     >>> parse_epochs = argument_type(functools.partial(check_integer, minimum=1), int)
@@ -57,7 +58,7 @@ def check_png_path(name: str, value: object) -> Path:
     >>> check_png_path("plot", "/no/such/dir/demo.png")
     Traceback (most recent call last):
     ...
-    lightning_reg.checks.InvalidArgumentError: Invalid plot: '/no/such/dir/demo.png' (expected a path in ...)
+    lightning_reg.InvalidArgumentError: Invalid plot: '/no/such/dir/demo.png' (expected a path in ...)
     """
     if not isinstance(value, (str, Path)) or not str(value) or not Path(value).parent.is_dir():
         raise InvalidArgumentError(name, value, "a path in an existing directory")

@@ -52,9 +52,9 @@ from lightning_reg.demos.digits import (
     load_digits_split,
 )
 from lightning_reg.monitor import RegularizationMonitor
-from lightning_reg.optional import MissingDependencyError, require
 from lightning_reg.options import GroupBy
 from lightning_reg.statistics import NEAR_ZERO_TOL
+from lightning_reg.utilities.optional import MissingDependencyError, require
 
 #: Default number of epochs; every variant fits the training split perfectly well before the end.
 EPOCHS = 200

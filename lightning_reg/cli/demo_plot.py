@@ -6,8 +6,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lightning_reg.optional import require
 from lightning_reg.statistics import NEAR_ZERO_TOL
+from lightning_reg.utilities.optional import require
 
 if TYPE_CHECKING:
     from lightning_reg.cli.demo_variants import VariantResult
@@ -26,7 +26,7 @@ def plot_results(results: Sequence[VariantResult], path: str | Path, *, group_by
         group_by: the groups of the dead-unit count, for the title.
 
     Raises:
-        ~lightning_reg.optional.MissingDependencyError: matplotlib is not installed.
+        ~lightning_reg.MissingDependencyError: matplotlib is not installed.
     """
     figure_module = require("matplotlib.figure", "the demo", "demo")
     names = [result.variant.name for result in results]

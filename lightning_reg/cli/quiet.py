@@ -7,7 +7,7 @@ import logging
 import warnings
 from collections.abc import Iterator
 
-from lightning_reg.optional import import_optuna
+from lightning_reg.utilities.optional import import_optuna
 
 
 @contextlib.contextmanager

@@ -20,9 +20,9 @@ from lightning_reg.cli.progress import ProgressLine
 from lightning_reg.cli.quiet import quiet_lightning, quiet_optuna
 from lightning_reg.cli.table import format_strength, format_table
 from lightning_reg.demos.digits import TRAIN_SIZE, RegularizedDigitsMLP, load_digits_split
-from lightning_reg.optional import require
 from lightning_reg.options import L1_MODES, STRENGTH_NAMES
 from lightning_reg.sweeps import PRUNERS, SAMPLERS, WARM_START_BUDGET, SweepResult, check_arguments, sweep
+from lightning_reg.utilities.optional import require
 
 #: The strengths ``lightning-reg sweep`` tries when none is given: a short log grid of loss-mode L1.
 DEFAULT_L1 = (1e-5, 1e-4, 1e-3)

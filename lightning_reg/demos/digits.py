@@ -21,7 +21,7 @@ from torchmetrics.functional.classification import multiclass_accuracy
 from typing_extensions import override
 
 from lightning_reg.module import RegularizedModule
-from lightning_reg.optional import require
+from lightning_reg.utilities.optional import require
 
 #: Training images: 20 per class (stratified); the remaining 1597 images are the validation split.
 TRAIN_SIZE = 200
@@ -66,7 +66,7 @@ def load_digits_split(train_size: int = TRAIN_SIZE, seed: int = 0) -> DigitsSpli
         seed: seed of the split.
 
     Raises:
-        ~lightning_reg.optional.MissingDependencyError: scikit-learn is not installed.
+        ~lightning_reg.MissingDependencyError: scikit-learn is not installed.
     """
     datasets = require("sklearn.datasets", "the demo", "demo")
     model_selection = require("sklearn.model_selection", "the demo", "demo")

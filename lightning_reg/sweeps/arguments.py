@@ -1,6 +1,7 @@
 """The arguments of :func:`~lightning_reg.sweeps.sweep`, checked before any model is built.
 
-:func:`check_arguments` checks every argument through :mod:`lightning_reg.checks` and returns them as
+:func:`check_arguments` checks every argument through :mod:`lightning_reg.utilities.checks` and returns them
+as
 one :class:`Search`, which the grid and the Optuna study read.
 """
 
@@ -14,16 +15,16 @@ from typing import Any, Literal, cast
 
 import lightning.pytorch as L
 
-from lightning_reg.checks import (
+from lightning_reg.options import STRENGTH_NAMES
+from lightning_reg.sweeps.result import MEASUREMENTS, MODES, Mode
+from lightning_reg.utilities.checks import (
     InvalidArgumentError,
     check_choice,
     check_integer,
     check_strength_list,
     check_text,
 )
-from lightning_reg.optional import import_optuna
-from lightning_reg.options import STRENGTH_NAMES
-from lightning_reg.sweeps.result import MEASUREMENTS, MODES, Mode
+from lightning_reg.utilities.optional import import_optuna
 
 Sampler = Literal["random", "tpe"]
 Pruner = Literal["median", "hyperband"]
@@ -143,9 +144,9 @@ def check_arguments(
         progress: a callable that takes a row, or ``None``.
 
     Raises:
-        ~lightning_reg.checks.InvalidArgumentError: a bad value (a ``ValueError``); a plain
+        ~lightning_reg.InvalidArgumentError: a bad value (a ``ValueError``); a plain
             ``ValueError`` for arguments that do not go together.
-        ~lightning_reg.optional.MissingDependencyError: Optuna is not installed, and ``n_trials``,
+        ~lightning_reg.MissingDependencyError: Optuna is not installed, and ``n_trials``,
             ``storage`` or ``pruner`` needs it.
 
     >>> search = check_arguments(
@@ -289,7 +290,7 @@ def _exception_types(name: str, value: object) -> tuple[type[BaseException], ...
     >>> _exception_types("catch", "ValueError")
     Traceback (most recent call last):
     ...
-    lightning_reg.checks.InvalidArgumentError: Invalid catch: 'ValueError' (expected a tuple of ...)
+    lightning_reg.InvalidArgumentError: Invalid catch: 'ValueError' (expected a tuple of ...)
     """
     expected = "a tuple of exception classes, e.g. (ValueError, RuntimeError)"
     items = (value,) if isinstance(value, type) else value

@@ -20,7 +20,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
-from lightning_reg.group_prox import STATE_PREFIX
+from lightning_reg.optim.group_prox import STATE_PREFIX
 
 
 class Reportable(Protocol):

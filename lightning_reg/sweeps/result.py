@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from lightning_reg.checks import InvalidArgumentError
-from lightning_reg.optional import require
+from lightning_reg.utilities.checks import InvalidArgumentError
+from lightning_reg.utilities.optional import require
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -141,7 +141,7 @@ class SweepResult:
 
         Raises:
             ValueError: ``against`` is not a swept strength, or every row has it at ``0``.
-            ~lightning_reg.optional.MissingDependencyError: matplotlib is not installed.
+            ~lightning_reg.MissingDependencyError: matplotlib is not installed.
         """
         x_name = self.names[0] if against is None else against
         if x_name not in self.names:

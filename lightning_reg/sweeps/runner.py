@@ -145,7 +145,7 @@ def sweep(
         ValueError: for a bad argument, before any training; when ``monitor`` was not logged (naming
             what was); for a stored study that does not match this call (direction, monitor, grid,
             strengths).
-        ~lightning_reg.optional.MissingDependencyError: ``n_trials``, ``storage`` or ``pruner`` without
+        ~lightning_reg.MissingDependencyError: ``n_trials``, ``storage`` or ``pruner`` without
             Optuna installed (an ``ImportError``).
 
     Example::

@@ -16,8 +16,8 @@ import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
-from lightning_reg.checks import check_integer
-from lightning_reg.optional import import_optuna
+from lightning_reg.utilities.checks import check_integer
+from lightning_reg.utilities.optional import import_optuna
 
 if TYPE_CHECKING:
     import optuna
@@ -53,7 +53,7 @@ def open_storage(
         max_retry: how many times a dead worker's point is queued again; ``None``: without limit.
 
     Raises:
-        ~lightning_reg.checks.InvalidArgumentError: a bad ``heartbeat_interval``, ``grace_period`` or
+        ~lightning_reg.InvalidArgumentError: a bad ``heartbeat_interval``, ``grace_period`` or
             ``max_retry``.
 
     >>> storage = open_storage("sqlite://", heartbeat_interval=1, grace_period=3)

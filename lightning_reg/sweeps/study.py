@@ -26,8 +26,8 @@ import warnings
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from lightning_reg.optional import import_optuna
 from lightning_reg.sweeps.storages import describe, has_heartbeats, open_storage, retry_database_race
+from lightning_reg.utilities.optional import import_optuna
 
 if TYPE_CHECKING:
     import optuna

@@ -14,7 +14,7 @@ from typing import Any
 import torch.distributed as dist
 from torch import Tensor
 
-from lightning_reg.optional import DTensor, Partial, Replicate, Shard
+from lightning_reg.utilities.optional import DTensor, Partial, Replicate, Shard
 
 
 def is_sharded(tensor: Tensor) -> bool:

@@ -28,7 +28,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim.swa_utils import update_bn
 
-from lightning_reg.checks import check_integer
+from lightning_reg.utilities.checks import check_integer
 
 __all__ = ["first_input", "has_batchnorm", "recalibrate_batchnorm"]
 

@@ -1,8 +1,8 @@
 """The group step of one colour as compiled functions (``fused=True``).
 
-:class:`~lightning_reg.group_prox.GroupProx` gathers a colour's entries, steps and dual variables into
+:class:`~lightning_reg.optim.group_prox.GroupProx` gathers a colour's entries, steps and dual variables into
 its buffers and scatters them back; between the two, :func:`colour_step` does the arithmetic of its
-eager path (see :mod:`~lightning_reg.group_prox` for the method) in three compiled functions: a
+eager path (see :mod:`~lightning_reg.optim.group_prox` for the method) in three compiled functions: a
 prologue (the crossing units' pulls given back and taken out, the L1 term's soft threshold, the solve's
 start), one Newton step of every channel's root, called until the roots stop moving as in the eager
 path, and an epilogue (each channel's shrink, the dual variables kept, the earlier units' zeros kept, a
@@ -19,8 +19,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lightning_reg.fused import PerLayout
-from lightning_reg.group_layout import Chunked
+from lightning_reg.functional.fused import PerLayout
+from lightning_reg.optim.group_layout import Chunked
 
 __all__ = ["colour_step"]
 

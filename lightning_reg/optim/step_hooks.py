@@ -18,7 +18,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.utils.hooks import RemovableHandle
 
-from lightning_reg.eager import always_eager
+from lightning_reg.utilities.eager import always_eager
 
 StepCallback = Callable[[Optimizer], None]
 

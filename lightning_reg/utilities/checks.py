@@ -27,6 +27,8 @@ class InvalidArgumentError(ValueError):
     'Invalid l1: -1.0 (expected a finite number >= 0)'
     """
 
+    __module__ = "lightning_reg"  # public: shown, caught and documented as lightning_reg.InvalidArgumentError
+
     def __init__(self, name: str, value: object, expected: str, shown: str | None = None) -> None:
         self.name, self.value, self.expected = name, value, expected
         super().__init__(f"Invalid {name}: {repr(value) if shown is None else shown} (expected {expected})")
@@ -44,11 +46,11 @@ def check_number(name: str, value: object, *, above_zero: bool = False) -> float
     >>> check_number("l2", -1.0)
     Traceback (most recent call last):
     ...
-    lightning_reg.checks.InvalidArgumentError: Invalid l2: -1.0 (expected a finite number >= 0)
+    lightning_reg.InvalidArgumentError: Invalid l2: -1.0 (expected a finite number >= 0)
     >>> check_number("near_zero_tol", 0.0, above_zero=True)
     Traceback (most recent call last):
     ...
-    lightning_reg.checks.InvalidArgumentError: Invalid near_zero_tol: 0.0 (expected a finite number > 0)
+    lightning_reg.InvalidArgumentError: Invalid near_zero_tol: 0.0 (expected a finite number > 0)
     """
     expected = "a finite number > 0" if above_zero else "a finite number >= 0"
     if not _is_real(value):
@@ -65,11 +67,11 @@ def check_integer(name: str, value: object, minimum: int = 0, maximum: int | Non
     >>> check_integer("l1_warmup_steps", 2.5)
     Traceback (most recent call last):
     ...
-    lightning_reg.checks.InvalidArgumentError: Invalid l1_warmup_steps: 2.5 (expected an integer >= 0)
+    lightning_reg.InvalidArgumentError: Invalid l1_warmup_steps: 2.5 (expected an integer >= 0)
     >>> check_integer("seed", -1, 0, 2**32 - 1)
     Traceback (most recent call last):
     ...
-    lightning_reg.checks.InvalidArgumentError: Invalid seed: -1 (expected an integer from 0 to 2**32 - 1)
+    lightning_reg.InvalidArgumentError: Invalid seed: -1 (expected an integer from 0 to 2**32 - 1)
     """
     if maximum is None:
         expected = f"an integer >= {minimum}"
@@ -90,7 +92,7 @@ def check_flag(name: str, value: object) -> bool:
     >>> check_flag("per_layer", "yes")
     Traceback (most recent call last):
     ...
-    lightning_reg.checks.InvalidArgumentError: Invalid per_layer: 'yes' (expected True or False)
+    lightning_reg.InvalidArgumentError: Invalid per_layer: 'yes' (expected True or False)
     """
     if not isinstance(value, bool):
         raise InvalidArgumentError(name, value, "True or False")
@@ -103,7 +105,7 @@ def check_choice(name: str, value: object, choices: Collection[str]) -> str:
     >>> check_choice("l1_mode", "prox", ("loss", "proximal"))
     Traceback (most recent call last):
     ...
-    lightning_reg.checks.InvalidArgumentError: Invalid l1_mode: 'prox' (expected one of 'loss', 'proximal')
+    lightning_reg.InvalidArgumentError: Invalid l1_mode: 'prox' (expected one of 'loss', 'proximal')
     """
     if not isinstance(value, str) or value not in choices:
         raise InvalidArgumentError(name, value, "one of " + ", ".join(repr(choice) for choice in choices))
@@ -116,7 +118,7 @@ def check_text(name: str, value: object, expected: str = "a non-empty string") -
     >>> check_text("monitor", "", "the name of a logged metric")
     Traceback (most recent call last):
     ...
-    lightning_reg.checks.InvalidArgumentError: Invalid monitor: '' (expected the name of a logged metric)
+    lightning_reg.InvalidArgumentError: Invalid monitor: '' (expected the name of a logged metric)
     """
     if not isinstance(value, str) or not value:
         raise InvalidArgumentError(name, value, expected)
@@ -131,7 +133,7 @@ def check_strength_list(name: str, value: object, *, positive: bool = False) -> 
     >>> check_strength_list("l1", 1e-3)
     Traceback (most recent call last):
     ...
-    lightning_reg.checks.InvalidArgumentError: Invalid l1: 0.001 (expected a non-empty list of ...)
+    lightning_reg.InvalidArgumentError: Invalid l1: 0.001 (expected a non-empty list of ...)
     """
     expected = f"a non-empty list of finite numbers {'>' if positive else '>='} 0"
     if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
@@ -153,7 +155,7 @@ def check_strengths(name: str, value: object) -> dict[str, float]:
     >>> check_strengths("activity_l1", {"encoder": -1})
     Traceback (most recent call last):
     ...
-    lightning_reg.checks.InvalidArgumentError: Invalid activity_l1['encoder']: -1 (expected ...)
+    lightning_reg.InvalidArgumentError: Invalid activity_l1['encoder']: -1 (expected ...)
     """
     if value is None:
         return {}
@@ -175,7 +177,7 @@ def check_rules(name: str, value: object, keys: Sequence[str]) -> dict[str, dict
     >>> check_rules("rules", {"*.bias": {"decay": 0.1}}, ("l1", "l2"))
     Traceback (most recent call last):
     ...
-    lightning_reg.checks.InvalidArgumentError: Invalid rules['*.bias']: unknown key 'decay' (...)
+    lightning_reg.InvalidArgumentError: Invalid rules['*.bias']: unknown key 'decay' (...)
     """
     if value is None:
         return {}

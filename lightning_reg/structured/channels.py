@@ -4,7 +4,8 @@ Torch-Pruning's ``DependencyGraph`` (the ``structured`` extra: ``pip install
 'lightning-reg[structured]'``) runs the model once on example inputs and follows every channel through
 the graph: a convolution's output channel reaches its BatchNorm, the next convolution's input slice,
 and, across residual additions and concatenations, every tensor that adds into the same stream. Each
-of its groups becomes a :class:`~lightning_reg.couplings.Coupling`, whose members are the parameters'
+of its groups becomes a :class:`~lightning_reg.structured.couplings.Coupling`, whose members are the
+parameters'
 slices:
 
 - a convolution's or linear layer's output row and bias entry, or its input slice (a depthwise
@@ -18,9 +19,10 @@ A unit is left out (it could not be removed with the outputs kept) when its chan
 - reach the model's outputs (a classifier's logits, a backbone's returned features);
 - pass through a normalization across channels (``LayerNorm``, ``GroupNorm``, ``RMSNorm``): removing a
   channel that is zero would still change the mean and variance it computes;
-- touch a layer whose slices no rule of :mod:`~lightning_reg.layer_rules` gives (``nn.MultiheadAttention``,
+- touch a layer whose slices no rule of :mod:`~lightning_reg.structured.layer_rules` gives
+  (``nn.MultiheadAttention``,
   recurrent layers, a grouped convolution; add your own with
-  :func:`~lightning_reg.layer_rules.register_layer`), or a parameter along two axes at once.
+  :func:`~lightning_reg.structured.layer_rules.register_layer`), or a parameter along two axes at once.
 
 Attention: the query, key and value projections of an attention module that names its head size
 (``head_dim``, as in timm and recent Hugging Face models, or ``attention_head_size``, as in BERT) are
@@ -39,11 +41,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_reg import layer_rules
-from lightning_reg.checks import InvalidArgumentError
-from lightning_reg.couplings import Coupling, Member
-from lightning_reg.optional import require
-from lightning_reg.sharding import is_sharded
+from lightning_reg.functional.sharding import is_sharded
+from lightning_reg.structured import layer_rules
+from lightning_reg.structured.couplings import Coupling, Member
+from lightning_reg.utilities.checks import InvalidArgumentError
+from lightning_reg.utilities.optional import require
 
 #: How the error and the docs name this feature.
 FEATURE = 'group_by="channels"'
@@ -59,6 +61,8 @@ HEAD_SIZE_ATTRIBUTES = ("head_dim", "attention_head_size")
 
 class UntraceableModelError(ValueError):
     """The tracer cannot follow the channels of a model."""
+
+    __module__ = "lightning_reg"  # public: shown and caught under this name
 
 
 @dataclass(frozen=True, eq=False)

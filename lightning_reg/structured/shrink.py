@@ -2,7 +2,8 @@
 
 One job: :func:`shrink` returns a copy of a network whose hidden layers are narrower. Given example
 inputs, it removes the coupled units of any model the tracer follows (ResNets, transformers; see
-:mod:`~lightning_reg.pruning`). Without them, it takes an ``nn.Sequential`` of ``nn.Linear`` layers (or
+:mod:`~lightning_reg.structured.pruning`). Without them, it takes an ``nn.Sequential`` of ``nn.Linear``
+layers (or
 of ``nn.Conv1d/2d/3d`` layers) with element-wise modules between them, which needs no tracer; there a
 hidden unit (a convolution's channel) between two consecutive layers is removed when
 
@@ -26,8 +27,8 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor, nn
 
-from lightning_reg.layer_rules import bias_of
-from lightning_reg.pruning import shrink_coupled
+from lightning_reg.structured.layer_rules import bias_of
+from lightning_reg.structured.pruning import shrink_coupled
 
 _Module = TypeVar("_Module", bound=nn.Module)
 
@@ -73,7 +74,8 @@ def shrink(module: _Module, example_inputs: Any = None) -> _Module:
 
     With ``example_inputs`` (what ``module`` is called with: a tensor, a tuple of positional inputs or
     a dict of keyword inputs), ``module`` may be any model Torch-Pruning can trace (the ``structured``
-    extra). Every coupled unit of :mod:`~lightning_reg.channels` whose slices are all exactly zero, as
+    extra). Every coupled unit of :mod:`~lightning_reg.structured.channels` whose slices are all exactly
+    zero, as
     ``group_by="channels"`` leaves them, is removed with each of its slices: producing rows and biases,
     normalization scales, shifts and running statistics, consumers' input slices, and whole attention
     heads. A layer keeps at least one channel. The copy's outputs in eval mode are checked against the
@@ -112,7 +114,7 @@ def shrink(module: _Module, example_inputs: Any = None) -> _Module:
 
     Raises:
         ValueError: with ``example_inputs``: the copy's outputs differ from the original's (see
-            :func:`~lightning_reg.pruning.shrink_coupled`); without them: when ``module`` is not an
+            :func:`~lightning_reg.structured.pruning.shrink_coupled`); without them: when ``module`` is not an
             ``nn.Sequential``; for a child that is not an accepted
             layer or element-wise module (named by its index and type), a convolution with
             ``groups != 1``, a layer with parameters or buffers other than ``weight`` and ``bias``, a

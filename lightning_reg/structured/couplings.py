@@ -7,10 +7,10 @@ A :class:`Coupling` holds the channels of one such unit type: a list of :class:`
 parameter, an axis, and which channel each index along that axis belongs to. Today's ``"rows"`` and
 ``"columns"`` groups are its one-member case (:meth:`Coupling.along`).
 
-The math over couplings mirrors :mod:`~lightning_reg.penalties`: the norm of each channel (every
+The math over couplings mirrors :mod:`~lightning_reg.functional.penalties`: the norm of each channel (every
 member's slices together), the group term and the statistics. Plain PyTorch; the tracing that finds
-couplings in a model lives in :mod:`~lightning_reg.channels`, their proximal step in
-:mod:`~lightning_reg.group_prox`.
+couplings in a model lives in :mod:`~lightning_reg.structured.channels`, their proximal step in
+:mod:`~lightning_reg.optim.group_prox`.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from lightning_reg.kernels import sum_in_order
-from lightning_reg.sharding import global_value
+from lightning_reg.functional.kernels import sum_in_order
+from lightning_reg.functional.sharding import global_value
 
 
 @dataclass(frozen=True, eq=False)

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 from torch.autograd import Variable
 
-from lightning_reg import kernels
+from lightning_reg.functional import kernels
 
 _will_execute: Callable[[Any], bool] | None = getattr(torch._C, "_will_engine_execute_node", None)
 
@@ -59,9 +59,10 @@ def l1_term(
 
     The value is the tutorial's ``l1 * sum(torch.sum(torch.abs(w)))`` to the last bit, and so is the
     gradient each weight receives when nothing else is accumulated into its ``.grad`` in the pass.
-    ``abs_sum``, when given, is ``sum|w|`` already computed (by :func:`~lightning_reg.kernels.abs_sum`)
+    ``abs_sum``, when given, is ``sum|w|`` already computed (by
+    :func:`~lightning_reg.functional.kernels.abs_sum`)
     on the weights as they are now. With ``fused`` the sum and the gradient are compiled kernels
-    (:mod:`~lightning_reg.fused`).
+    (:mod:`~lightning_reg.functional.fused`).
 
     >>> w = torch.tensor([[1.0, -2.0]], requires_grad=True)
     >>> loss = l1_term([w], 0.5)

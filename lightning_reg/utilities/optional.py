@@ -35,6 +35,8 @@ _DISTRIBUTIONS = {"sklearn": "scikit-learn"}
 class MissingDependencyError(ImportError):
     """An optional dependency of a feature is not installed."""
 
+    __module__ = "lightning_reg"  # public: shown and caught under this name
+
 
 def require(module: str, feature: str, extra: str) -> ModuleType:
     """Import ``module`` for ``feature``, or explain how to install it with the package's ``extra``.

@@ -2,11 +2,11 @@
 
 - :func:`decoupled_decay`, right before the update: ``w <- w * (1 - lr * l2)`` (what AdamW does).
 - :class:`ProximalStep`, right after it: the proximal operators of the L1 and group terms, for the step
-  the update has just applied to each entry (:mod:`~lightning_reg.step_sizes`).
+  the update has just applied to each entry (:mod:`~lightning_reg.optim.step_sizes`).
 
 Both act on the regularized parameters of one :class:`~lightning_reg.selection.Selection` that the
 optimizer holds and that have a gradient at this step, each with its own strengths. ``Regularizer.attach``
-installs them (:mod:`~lightning_reg.step_hooks`).
+installs them (:mod:`~lightning_reg.optim.step_hooks`).
 """
 
 from __future__ import annotations
@@ -20,13 +20,14 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from lightning_reg import fused as fused_kernels
-from lightning_reg import group_layout, kernels, step_hooks, step_sizes
-from lightning_reg.couplings import Coupling
-from lightning_reg.group_prox import GroupProx
+from lightning_reg.functional import fused as fused_kernels
+from lightning_reg.functional import kernels
+from lightning_reg.functional.sharding import all_reduce_over, is_sharded, local, split_over
+from lightning_reg.optim import group_layout, step_hooks, step_sizes
+from lightning_reg.optim.group_prox import GroupProx
 from lightning_reg.options import ProximalThreshold
 from lightning_reg.selection import Selection
-from lightning_reg.sharding import all_reduce_over, is_sharded, local, split_over
+from lightning_reg.structured.couplings import Coupling
 
 
 def in_optimizer(
@@ -35,7 +36,7 @@ def in_optimizer(
     """``(group, taken, the regularized params in it that have a gradient)`` for each group of ``optimizer``.
 
     ``taken`` is ``1.0``, or a device tensor that is ``0`` in a step a fused optimizer skips for inf
-    gradients (:func:`~lightning_reg.step_hooks.step_taken`).
+    gradients (:func:`~lightning_reg.optim.step_hooks.step_taken`).
     """
     taken = step_hooks.step_taken(optimizer)
     for group in optimizer.param_groups:
@@ -47,7 +48,7 @@ def in_optimizer(
 @torch.no_grad()
 def decoupled_decay(selection: Selection, optimizer: Optimizer, fused: bool = False) -> None:
     """``w <- w * (1 - lr * l2)``, ``lr`` that of the group holding ``w`` and ``l2`` the weight's own;
-    with ``fused``, one compiled kernel for all of them (:func:`~lightning_reg.fused.scale_`)."""
+    with ``fused``, one compiled kernel for all of them (:func:`~lightning_reg.functional.fused.scale_`)."""
     decayed: list[Tensor] = []
     factors: list[float | Tensor] = []
     for group, taken, params in in_optimizer(selection, optimizer):
@@ -66,8 +67,9 @@ class ProximalStep:
 
     ``units`` are the group terms' units with their strengths (a parameter's rows or columns, or coupled
     channels: :func:`~lightning_reg.selection.units_of`). Each optimizer gets one
-    :class:`~lightning_reg.group_prox.GroupProx` per set of units taking part, laid out once. With
-    ``fused``, the arithmetic runs as compiled kernels (:mod:`~lightning_reg.fused`), except on sharded
+    :class:`~lightning_reg.optim.group_prox.GroupProx` per set of units taking part, laid out once. With
+    ``fused``, the arithmetic runs as compiled kernels (:mod:`~lightning_reg.functional.fused`), except on
+    sharded
     weights' pieces, whose sums are added up over processes between eager kernels.
     """
 
@@ -102,9 +104,10 @@ class ProximalStep:
         """Soft-threshold each weight by ``s * l1 * ramp`` and block-shrink its units by ``group_l1``.
 
         ``s`` is the step the update applied to each entry: read from the optimizer's state
-        (:func:`~lightning_reg.step_sizes.steps_of`) with ``threshold="optimizer"``, the group's learning
+        (:func:`~lightning_reg.optim.step_sizes.steps_of`) with ``threshold="optimizer"``, the group's
+        learning
         rate with ``"lr"``. The units whose parameters all took this step are shrunk by
-        :class:`~lightning_reg.group_prox.GroupProx`, the exact proximal operator of ``l1 * |w| +
+        :class:`~lightning_reg.optim.group_prox.GroupProx`, the exact proximal operator of ``l1 * |w| +
         group_l1 * ||w_u||`` (sparse group lasso) in the metric of ``s``, exact at the fixed point where
         units cross. The weights in no unit are soft-thresholded alone.
         """

@@ -5,7 +5,8 @@ under Adam is five passes over memory (``sqrt``, ``+ eps``, ``w * d``, ``softshr
 by inductor (C++ on the CPU, Triton on CUDA), the same arithmetic is one loop per weight that reads
 ``w`` and the optimizer's state once and writes ``w`` once.
 
-Each kernel here is the arithmetic of its eager counterpart in :mod:`~lightning_reg.kernels`, over a
+Each kernel here is the arithmetic of its eager counterpart in :mod:`~lightning_reg.functional.kernels`, over
+a
 list of tensors, with every number that changes from step to step (a learning rate, a step count's
 bias corrections, the warm-up's ramp, a step ``GradScaler`` skipped) passed as a tensor. A kernel is
 compiled once for each layout of its arguments (the tensors' shapes, strides, dtypes and devices),
@@ -29,7 +30,7 @@ import torch
 from torch import Tensor
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
-from lightning_reg.checks import InvalidArgumentError
+from lightning_reg.utilities.checks import InvalidArgumentError
 
 __all__ = [
     "PerLayout",
@@ -44,7 +45,7 @@ __all__ = [
 
 
 def check_supported(devices: Iterable[torch.device]) -> None:
-    """Raise :class:`~lightning_reg.checks.InvalidArgumentError` naming ``fused`` and the fix where
+    """Raise :class:`~lightning_reg.InvalidArgumentError` naming ``fused`` and the fix where
     ``torch.compile`` cannot generate kernels for one of ``devices``.
 
     On the CPU inductor writes C++ and needs a C++ compiler; on CUDA it writes Triton kernels.
@@ -142,7 +143,7 @@ def scalars(values: Sequence[float | Tensor], device: torch.device) -> Tensor:
     return torch.stack([torch.as_tensor(value, dtype=torch.float64, device=device) for value in values])
 
 
-# -- the kernels: each the arithmetic of its eager counterpart in lightning_reg.kernels ------------------
+# -- the kernels: each the arithmetic of its eager counterpart in lightning_reg.functional.kernels --
 
 
 def _abs_sum(params: list[Tensor]) -> Tensor:
@@ -202,7 +203,7 @@ _SOFT_THRESHOLD_SCALED = PerLayout(_soft_threshold_scaled)
 
 @torch.no_grad()
 def abs_sum(params: Sequence[Tensor]) -> Tensor:
-    """``sum|w|`` over ``params`` (:func:`~lightning_reg.kernels.abs_sum`), one compiled reduction.
+    """``sum|w|`` over ``params`` (:func:`~lightning_reg.functional.kernels.abs_sum`), one compiled reduction.
 
     >>> abs_sum([torch.tensor([[1.0, -2.0]]), torch.tensor([[-3.0]])])
     tensor(6.)
@@ -213,7 +214,8 @@ def abs_sum(params: Sequence[Tensor]) -> Tensor:
 
 @torch.no_grad()
 def add_scaled_sign_(grads: Sequence[Tensor], params: Sequence[Tensor], factor: Tensor) -> None:
-    """In place, ``grads[i] += sign(params[i]) * factor`` (:func:`~lightning_reg.kernels.add_scaled_sign_`).
+    """In place, ``grads[i] += sign(params[i]) * factor``
+    (:func:`~lightning_reg.functional.kernels.add_scaled_sign_`).
 
     >>> grad = torch.zeros(3)
     >>> add_scaled_sign_([grad], [torch.tensor([-2.0, 0.0, 5.0])], torch.tensor(0.5))
@@ -265,12 +267,13 @@ def soft_threshold_scaled_(
     taken: Tensor | None = None,
 ) -> None:
     """In place, ``w <- sign(w) * max(|w| - t, 0)`` with ``t = scales[i] * taken / d`` per entry: the
-    optimizer-aware proximal step of :func:`~lightning_reg.kernels.soft_threshold_scaled_`, with the
+    optimizer-aware proximal step of :func:`~lightning_reg.functional.kernels.soft_threshold_scaled_`, with
+    the
     denominator ``d`` made inside the kernel from the optimizer's state.
 
     ``d = sqrt(firsts[i] - seconds[i]**2) + offsets[i]`` (no ``seconds``: ``sqrt(firsts[i]) + ...``;
     without ``root`` no square root); ``1`` where ``tractable`` is false (see
-    :class:`~lightning_reg.step_sizes.Denominator`). ``d * w`` is soft-thresholded by ``scales[i] *
+    :class:`~lightning_reg.optim.step_sizes.Denominator`). ``d * w`` is soft-thresholded by ``scales[i] *
     taken`` and divided by ``d`` again.
 
     >>> w = torch.tensor([-1.5, -0.2, 0.3, 2.0])

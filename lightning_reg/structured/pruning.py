@@ -1,6 +1,7 @@
 """Remove the coupled units that group L1 has zeroed from a copy of any traceable model.
 
-A unit of :mod:`~lightning_reg.channels` is dead when every slice of it is exactly zero: its producing
+A unit of :mod:`~lightning_reg.structured.channels` is dead when every slice of it is exactly zero: its
+producing
 rows and biases, its normalization's scale and shift, its consumers' input slices. It then contributes
 nothing downstream (a BatchNorm with zero scale and shift outputs zero whatever its statistics), so
 Torch-Pruning's ``DependencyGraph`` can remove it, with every coupled slice and the normalization's
@@ -15,7 +16,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from lightning_reg.channels import TracedCoupling, Tracing, call, modes_kept, move_inputs, trace
+from lightning_reg.structured.channels import TracedCoupling, Tracing, call, modes_kept, move_inputs, trace
 from lightning_reg.utilities.nested import leaves
 
 _Module = TypeVar("_Module", bound=nn.Module)
@@ -42,7 +43,8 @@ def remove_channels(tracing: Tracing, traced: TracedCoupling, channels: list[int
 
 
 def shrink_coupled(module: _Module, example_inputs: Any) -> _Module:
-    """A copy of ``module`` without its dead coupled units; see :func:`~lightning_reg.shrink.shrink`.
+    """A copy of ``module`` without its dead coupled units; see
+    :func:`~lightning_reg.structured.shrink.shrink`.
 
     Raises:
         MissingDependencyError: Torch-Pruning is not installed.

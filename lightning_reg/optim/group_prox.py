@@ -1,7 +1,8 @@
 """The proximal step of the group terms and their entries' L1 term, after the optimizer's update.
 
 The term is ``sum_u strength_u * ||w_u|| + sum_i l1_i * |w_i|`` over the units ``u`` of a
-:class:`~lightning_reg.group_layout.GroupLayout`, in the metric of the steps ``s_i`` the update applied to
+:class:`~lightning_reg.optim.group_layout.GroupLayout`, in the metric of the steps ``s_i`` the update applied
+to
 each entry. One unit's proximal operator is exact: soft-thresholding by ``l1_i * s_i``, then
 ``x_i <- x_i * nu / (nu + strength * s_i)`` with ``nu = ||x||`` the root of
 ``sum_i (x_i / (nu + strength * s_i))^2 = 1``, or ``0`` when ``||x / s|| <= strength`` (closed form when
@@ -26,7 +27,7 @@ in the optimizer's state, so that a resumed run continues bit for bit) or from t
 inequality gives, whichever is larger. On the CPU it runs until no root moves by more than eight units
 in the last place of the buffers (reading the check is free there); on accelerators a fixed number of
 steps, with no host synchronisation. All of a colour's channels solve together: each operation of a
-step runs once per colour (:mod:`~lightning_reg.group_layout`), whatever the number of units.
+step runs once per colour (:mod:`~lightning_reg.optim.group_layout`), whatever the number of units.
 """
 
 from __future__ import annotations
@@ -37,9 +38,10 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from lightning_reg import fused_group, group_layout
-from lightning_reg.couplings import Coupling
-from lightning_reg.group_layout import CHUNK, Colour, GroupLayout
+from lightning_reg.functional import fused_group
+from lightning_reg.optim import group_layout
+from lightning_reg.optim.group_layout import CHUNK, Colour, GroupLayout
+from lightning_reg.structured.couplings import Coupling
 
 #: The prefix of every key this engine adds to an optimizer's per-parameter state.
 STATE_PREFIX = "lightning_reg."
@@ -62,7 +64,7 @@ class GroupProx:
 
     Memory: per colour, a buffer of its entries (each unit-entry once, rows padded to whole chunks) and
     one of their steps, one for the dual variables where units cross, and the masks of
-    :class:`~lightning_reg.group_layout.Colour`; four work buffers the size of the largest colour, and
+    :class:`~lightning_reg.optim.group_layout.Colour`; four work buffers the size of the largest colour, and
     a fifth with fused optimizers (the input, kept in case the step was skipped).
     """
 
@@ -76,7 +78,8 @@ class GroupProx:
         """``reduce`` adds up, in place, each channel's sums over the processes holding parts of it (a
         sharded weight's pieces); ``own_state`` keeps the roots in the engine rather than in the
         optimizer's state (pieces of sharded weights are not keys of it); ``fused`` runs each colour's
-        arithmetic as one compiled function (:mod:`~lightning_reg.fused_group`; not with ``reduce``)."""
+        arithmetic as one compiled function (:mod:`~lightning_reg.functional.fused_group`; not with
+        ``reduce``)."""
         if fused and reduce is not None:
             raise ValueError("GroupProx(fused=True) does not add up sums over processes (reduce)")
         self.layout, self.fused = layout, fused

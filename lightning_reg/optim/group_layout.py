@@ -16,7 +16,7 @@ parameters (or from tensors shaped like them: the optimizer's steps, the dual st
 them back. Members whose channels are not whole slices in order (an attention head's rows, part of a
 concatenation) are gathered by index instead.
 
-Plain PyTorch; the math that runs on the buffers lives in :mod:`~lightning_reg.group_prox`.
+Plain PyTorch; the math that runs on the buffers lives in :mod:`~lightning_reg.optim.group_prox`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from lightning_reg.couplings import Coupling, Member
+from lightning_reg.structured.couplings import Coupling, Member
 
 #: Entries per chunk: each channel's row is padded to a multiple of it (at most ``CHUNK - 1`` zeros).
 CHUNK = 32

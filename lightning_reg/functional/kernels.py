@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator, Sequence
 import torch
 from torch import Tensor
 
-from lightning_reg import fused as fused_kernels
+from lightning_reg.functional import fused as fused_kernels
 
 #: Entries per bucket of the multi-tensor form (at least the largest tensor): 16 MiB of float32.
 BUCKET_NUMEL = 1 << 22
@@ -60,7 +60,7 @@ def abs_sum(params: Sequence[Tensor], multi_tensor: bool | None = None, fused: b
     The loop adds the tensors' sums in order, each computed as ``torch.sum(torch.abs(w))``: the value
     of the tutorial's loop to the last bit. The multi-tensor form sums ``torch._foreach_norm(ord=1)``;
     it differs from the loop in rounding only, as does the compiled kernel of ``fused``
-    (:func:`~lightning_reg.fused.abs_sum`).
+    (:func:`~lightning_reg.functional.fused.abs_sum`).
 
     >>> abs_sum([torch.tensor([[1.0, -2.0]]), torch.tensor([[-3.0]])])
     tensor(6.)
@@ -105,7 +105,7 @@ def add_scaled_sign_(
     """
     if not params:
         return
-    if fused:  # one compiled kernel (lightning_reg.fused): the same numbers to float tolerance
+    if fused:  # one compiled kernel (lightning_reg.functional.fused): the same numbers to float tolerance
         fused_kernels.add_scaled_sign_(grads, params, factor)
     elif _multi(params, multi_tensor):
         _multi_tensor_add_scaled_sign_(grads, params, factor)
