@@ -13,13 +13,19 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
+__all__ = [
+    "MOVED",
+    "install",
+]
+
 #: Old name under ``lightning_reg`` -> the subpackage it moved to.
 MOVED = {
-    **dict.fromkeys(("deferred", "fused", "fused_group", "kernels", "penalties", "sharding"), "functional"),
     **dict.fromkeys(
-        ("group_layout", "group_prox", "param_groups", "step_hooks", "step_sizes", "step_updates"), "optim"
+        ("couplings", "deferred", "fused", "fused_group", "group_layout", "kernels", "penalties", "sharding"),
+        "functional",
     ),
-    **dict.fromkeys(("batchnorm", "channels", "couplings", "pruning"), "structured"),
+    **dict.fromkeys(("group_prox", "param_groups", "step_hooks", "step_sizes", "step_updates"), "optim"),
+    **dict.fromkeys(("batchnorm", "channels", "pruning"), "structured"),
     **dict.fromkeys(("checks", "eager", "optional"), "utilities"),
 }
 

@@ -15,6 +15,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+__all__ = [
+    "ActivityPenalty",
+]
+
 
 class ActivityPenalty:
     """The activity terms of one model: which modules, how strongly, and what the last step recorded.

@@ -38,6 +38,11 @@ if TYPE_CHECKING:
 else:
     _Base = object
 
+__all__ = [
+    "RegularizedModule",
+    "regularizer_of",
+]
+
 _LIGHTNING_PACKAGES = ("lightning", "pytorch_lightning")
 _MARK = "_lightning_reg_hook"
 #: Marks the mixin's own hooks, which only pass the call on to the next class (see :func:`_passing_on`).

@@ -19,6 +19,15 @@ from lightning_reg.regularizer import Regularizer
 from lightning_reg.statistics import NEAR_ZERO_TOL
 from lightning_reg.utilities.checks import check_flag, check_integer, check_number
 
+__all__ = [
+    "HISTOGRAM_PREFIX",
+    "PREFIX",
+    "RegularizationMonitor",
+    "experiment",
+    "host_copy",
+    "supports_histograms",
+]
+
 PREFIX = "reg/"
 HISTOGRAM_PREFIX = PREFIX + "weights/"
 

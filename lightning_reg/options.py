@@ -22,6 +22,24 @@ from lightning_reg.utilities.checks import (
     check_strengths,
 )
 
+__all__ = [
+    "GROUP_BY",
+    "L1_MODES",
+    "L2_MODES",
+    "OPTIONS_PLACEHOLDER",
+    "OPTION_DOCS",
+    "PROXIMAL_THRESHOLDS",
+    "STRENGTH_NAMES",
+    "GroupBy",
+    "L1Mode",
+    "L2Mode",
+    "ProximalThreshold",
+    "RegularizationOptions",
+    "StrengthName",
+    "document_options",
+    "options_section",
+]
+
 StrengthName = Literal["l1", "l2", "group_l1"]
 L1Mode = Literal["loss", "proximal"]
 L2Mode = Literal["weight_decay", "loss", "decoupled"]

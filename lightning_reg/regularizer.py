@@ -37,6 +37,10 @@ from lightning_reg.statistics import NEAR_ZERO_TOL, WeightStatistics, statistics
 from lightning_reg.structured import channels
 from lightning_reg.utilities.checks import InvalidArgumentError, check_integer, deprecated
 
+__all__ = [
+    "Regularizer",
+]
+
 
 @document_options
 class Regularizer:

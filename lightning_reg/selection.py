@@ -27,8 +27,19 @@ from fnmatch import fnmatchcase
 
 from torch import Tensor, nn
 
+from lightning_reg.functional.couplings import Coupling
 from lightning_reg.options import StrengthName
-from lightning_reg.structured.couplings import Coupling
+
+__all__ = [
+    "Selection",
+    "Strengths",
+    "couple",
+    "select_parameters",
+    "units_by_strength",
+    "units_of",
+    "warn_if_empty",
+    "warn_unmatched",
+]
 
 #: The attribute FSDP1 sets on the parameters it flattens (``torch.distributed.fsdp._common_utils``).
 _FSDP1_FLATTENED = "_fsdp_flattened"
@@ -307,7 +318,7 @@ def units_by_strength(
 
 def units_of(selection: Selection, group_by: str) -> list[tuple[Coupling, float]]:
     """The units of the group term with their ``group_l1``: the coupled channels (``"channels"``), else
-    each regularized weight's rows or columns (:meth:`~lightning_reg.structured.couplings.Coupling.along`).
+    each regularized weight's rows or columns (:meth:`~lightning_reg.functional.couplings.Coupling.along`).
 
     >>> model = nn.Sequential(nn.Linear(4, 3))
     >>> [(unit.name, unit.count, strength) for unit, strength in units_of(

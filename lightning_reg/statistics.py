@@ -7,10 +7,16 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from lightning_reg.functional.couplings import Coupling, coupled_statistics
 from lightning_reg.functional.penalties import weight_statistics
 from lightning_reg.options import RegularizationOptions
 from lightning_reg.selection import Selection, Strengths
-from lightning_reg.structured.couplings import Coupling, coupled_statistics
+
+__all__ = [
+    "NEAR_ZERO_TOL",
+    "WeightStatistics",
+    "statistics_of",
+]
 
 #: Default threshold below which a weight counts as "near zero" in the statistics.
 NEAR_ZERO_TOL = 1e-3

@@ -34,8 +34,8 @@ from helpers import fit
 from torch import Tensor, nn
 
 from lightning_reg import RegularizedModule, Regularizer
+from lightning_reg.functional.couplings import Coupling
 from lightning_reg.structured.channels import TracedCoupling, UntraceableModelError, trace
-from lightning_reg.structured.couplings import Coupling
 from lightning_reg.utilities.checks import InvalidArgumentError
 
 

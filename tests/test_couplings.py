@@ -1,4 +1,4 @@
-"""The math of couplings (``lightning_reg.structured.couplings``) against formulas written channel by channel
+"""The math of couplings (``lightning_reg.functional.couplings``) against formulas written channel by channel
 here.
 
 One coupling of three channels is built by hand from four parameters: ``a`` whose rows come in pairs (a
@@ -17,15 +17,15 @@ import torch
 from architectures import metric_prox
 from torch import Tensor, nn
 
-from lightning_reg.optim.group_layout import build
-from lightning_reg.optim.group_prox import GroupProx
-from lightning_reg.structured.couplings import (
+from lightning_reg.functional.couplings import (
     Coupling,
     Member,
     channel_norms,
     coupled_l1_norm,
     coupled_statistics,
 )
+from lightning_reg.functional.group_layout import build
+from lightning_reg.optim.group_prox import GroupProx
 
 DTYPE = torch.float64
 COUNT = 3

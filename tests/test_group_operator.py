@@ -1,7 +1,7 @@
 """The group engine's operator on one weight's rows or columns, against formulas written here.
 
 Each test builds the engine (:class:`~lightning_reg.optim.group_prox.GroupProx`) on the groups of one tensor
-(:meth:`~lightning_reg.structured.couplings.Coupling.along`) and runs one step with given steps ``s``: block
+(:meth:`~lightning_reg.functional.couplings.Coupling.along`) and runs one step with given steps ``s``: block
 soft-thresholding when ``s`` is one number, the proximal operator in the metric of ``s`` (Newton's
 method) when it is a tensor, and with ``l1`` the sparse group lasso's operator. The references are the
 closed form, bisection and the KKT conditions.
@@ -14,10 +14,10 @@ import pytest
 import torch
 from torch import Tensor
 
+from lightning_reg.functional.couplings import Coupling
+from lightning_reg.functional.group_layout import build
 from lightning_reg.optim import group_prox
-from lightning_reg.optim.group_layout import build
 from lightning_reg.optim.group_prox import GroupProx
-from lightning_reg.structured.couplings import Coupling
 
 
 def shrink(w: Tensor, strength: float, steps: float | Tensor, group_by: str, l1: float = 0.0) -> None:

@@ -85,7 +85,7 @@ def test_the_graph_is_read_from_the_source() -> None:
     assert "lightning_reg.sweeps.storages" in graph["lightning_reg.sweeps.study"]
     assert "lightning_reg.utilities.optional" in graph["lightning_reg.sweeps.arguments"]
     assert (
-        "lightning_reg.optim.group_layout" in graph["lightning_reg.optim.group_prox"]
+        "lightning_reg.functional.group_layout" in graph["lightning_reg.optim.group_prox"]
     )  # from lightning_reg import x
 
 

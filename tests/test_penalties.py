@@ -7,8 +7,8 @@ import pytest
 import torch
 from helpers import make_net, seed_l1_penalty
 
+from lightning_reg.functional.couplings import Coupling, coupled_l1_norm, coupled_statistics
 from lightning_reg.functional.penalties import STATISTICS_COLUMNS, l1_norm, squared_norm, weight_statistics
-from lightning_reg.structured.couplings import Coupling, coupled_l1_norm, coupled_statistics
 
 
 def test_l1_norm_is_the_tutorial_loop_to_the_last_bit() -> None:

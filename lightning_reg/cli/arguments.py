@@ -16,6 +16,15 @@ from typing import TypeVar
 
 from lightning_reg.utilities.checks import InvalidArgumentError, check_integer, check_number
 
+__all__ = [
+    "argument_type",
+    "check_png_path",
+    "parse_png_path",
+    "parse_positive_int",
+    "parse_seed",
+    "parse_strength",
+]
+
 _Value = TypeVar("_Value")
 
 

@@ -56,6 +56,25 @@ from lightning_reg.options import GroupBy
 from lightning_reg.statistics import NEAR_ZERO_TOL
 from lightning_reg.utilities.optional import MissingDependencyError, require
 
+__all__ = [
+    "COLUMNS",
+    "EPOCHS",
+    "GROUP_BY",
+    "GROUP_L1_STRENGTH",
+    "L1_STRENGTH",
+    "L2_STRENGTH",
+    "PROX_L1_STRENGTH",
+    "SEED",
+    "VARIANTS",
+    "add_arguments",
+    "describe_setup",
+    "format_results",
+    "read_curves",
+    "run",
+    "train_all",
+    "train_variant",
+]
+
 #: Default number of epochs; every variant fits the training split perfectly well before the end.
 EPOCHS = 200
 #: Default seed of the split, the initial weights and everything else random.

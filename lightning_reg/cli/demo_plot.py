@@ -13,6 +13,11 @@ if TYPE_CHECKING:
     from lightning_reg.cli.demo_variants import VariantResult
     from lightning_reg.options import GroupBy
 
+__all__ = [
+    "CURVES",
+    "plot_results",
+]
+
 #: The monitor's metrics that the figure draws over the training steps.
 CURVES = ("reg/l1_norm", "reg/l2_norm")
 

@@ -8,6 +8,10 @@ import lightning.pytorch as L
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
+__all__ = [
+    "ProgressLine",
+]
+
 
 class ProgressLine(Callback):
     """Our own progress output: one updating line on a terminal, one line per variant otherwise.

@@ -9,6 +9,11 @@ from collections.abc import Iterator
 
 from lightning_reg.utilities.optional import import_optuna
 
+__all__ = [
+    "quiet_lightning",
+    "quiet_optuna",
+]
+
 
 @contextlib.contextmanager
 def quiet_lightning() -> Iterator[None]:

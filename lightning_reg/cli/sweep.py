@@ -24,6 +24,16 @@ from lightning_reg.options import L1_MODES, STRENGTH_NAMES
 from lightning_reg.sweeps import PRUNERS, SAMPLERS, WARM_START_BUDGET, SweepResult, check_arguments, sweep
 from lightning_reg.utilities.optional import require
 
+__all__ = [
+    "DEFAULT_L1",
+    "SWEEP_EPOCHS",
+    "SWEEP_MONITORS",
+    "VALIDATIONS",
+    "add_arguments",
+    "format_sweep_table",
+    "run",
+]
+
 #: The strengths ``lightning-reg sweep`` tries when none is given: a short log grid of loss-mode L1.
 DEFAULT_L1 = (1e-5, 1e-4, 1e-3)
 #: Default epochs per point of ``lightning-reg sweep``: enough for the MLP to fit its 200 images.

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+__all__ = [
+    "format_strength",
+    "format_table",
+]
+
 
 def format_table(header: Sequence[str], rows: Iterable[Sequence[str]], *, left: int) -> str:
     """``header``, a rule of dashes and ``rows`` as aligned text, columns two spaces apart.

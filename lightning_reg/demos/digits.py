@@ -23,6 +23,18 @@ from typing_extensions import override
 from lightning_reg.module import RegularizedModule
 from lightning_reg.utilities.optional import require
 
+__all__ = [
+    "EVAL_SPLITS",
+    "LR",
+    "TRAIN_SIZE",
+    "Batch",
+    "DigitsMLP",
+    "DigitsSplit",
+    "RegularizedDigitsMLP",
+    "as_images",
+    "load_digits_split",
+]
+
 #: Training images: 20 per class (stratified); the remaining 1597 images are the validation split.
 TRAIN_SIZE = 200
 #: Width and number of hidden layers of the MLP: far more weights than training images.

@@ -13,6 +13,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+__all__ = [
+    "BasicBlock",
+    "ResNet",
+]
+
 
 class BasicBlock(nn.Module):
     """Two 3x3 convolutions with BatchNorm, and the input added back (through ``downsample`` if given)."""

@@ -28,6 +28,11 @@ from torch.autograd import Variable
 
 from lightning_reg.functional import kernels
 
+__all__ = [
+    "PreparedSum",
+    "l1_term",
+]
+
 _will_execute: Callable[[Any], bool] | None = getattr(torch._C, "_will_engine_execute_node", None)
 
 

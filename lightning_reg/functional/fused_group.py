@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from lightning_reg.functional.fused import PerLayout
-from lightning_reg.optim.group_layout import Chunked
+from lightning_reg.functional.group_layout import Chunked
 
 __all__ = ["colour_step"]
 

@@ -22,6 +22,18 @@ from torch import Tensor
 
 from lightning_reg.functional import fused as fused_kernels
 
+__all__ = [
+    "BUCKET_NUMEL",
+    "abs_sum",
+    "add_scaled_sign_",
+    "prefer_multi_tensor",
+    "scale_",
+    "soft_threshold_",
+    "soft_threshold_each_",
+    "soft_threshold_scaled_",
+    "sum_in_order",
+]
+
 #: Entries per bucket of the multi-tensor form (at least the largest tensor): 16 MiB of float32.
 BUCKET_NUMEL = 1 << 22
 

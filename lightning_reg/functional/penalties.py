@@ -10,6 +10,13 @@ from torch import Tensor
 from lightning_reg.functional.kernels import sum_in_order
 from lightning_reg.functional.sharding import global_value, local, sum_over_shards
 
+__all__ = [
+    "STATISTICS_COLUMNS",
+    "l1_norm",
+    "squared_norm",
+    "weight_statistics",
+]
+
 #: Columns of the table returned by :func:`weight_statistics`.
 STATISTICS_COLUMNS = ("abs_sum", "sq_sum", "zeros", "near_zero")
 
@@ -41,7 +48,7 @@ def weight_statistics(params: Sequence[Tensor], near_zero_tol: float) -> Tensor:
     Computed without autograd and accumulated in float64 (float32 on devices without float64), so
     that the sums of large models stay exact to float32 precision. Every column is a sum over entries,
     so tables from shards of one tensor combine by addition. The groups' statistics are
-    :func:`~lightning_reg.structured.couplings.coupled_statistics`, rows and columns being one-member
+    :func:`~lightning_reg.functional.couplings.coupled_statistics`, rows and columns being one-member
     couplings.
 
     >>> weight_statistics([torch.tensor([[0.0, -2.0, 1e-4]])], near_zero_tol=1e-3)

@@ -16,6 +16,16 @@ from torch import Tensor
 
 from lightning_reg.utilities.optional import DTensor, Partial, Replicate, Shard
 
+__all__ = [
+    "add_",
+    "all_reduce_over",
+    "global_value",
+    "is_sharded",
+    "local",
+    "split_over",
+    "sum_over_shards",
+]
+
 
 def is_sharded(tensor: Tensor) -> bool:
     """Whether ``tensor`` is a ``DTensor`` (each process holds a piece or a replica of it)."""

@@ -1,12 +1,10 @@
 """The proximal step of the group terms and their entries' L1 term, after the optimizer's update.
 
 The term is ``sum_u strength_u * ||w_u|| + sum_i l1_i * |w_i|`` over the units ``u`` of a
-:class:`~lightning_reg.optim.group_layout.GroupLayout`, in the metric of the steps ``s_i`` the update applied
-to
-each entry. One unit's proximal operator is exact: soft-thresholding by ``l1_i * s_i``, then
-``x_i <- x_i * nu / (nu + strength * s_i)`` with ``nu = ||x||`` the root of
-``sum_i (x_i / (nu + strength * s_i))^2 = 1``, or ``0`` when ``||x / s|| <= strength`` (closed form when
-the unit's steps are equal).
+:class:`~lightning_reg.functional.group_layout.GroupLayout`, in the metric of the steps ``s_i`` the
+update applied to each entry. One unit's proximal operator is exact: soft-thresholding by ``l1_i * s_i``,
+then ``x_i <- x_i * nu / (nu + strength * s_i)`` with ``nu = ||x||`` the root of ``sum_i (x_i / (nu +
+strength * s_i))^2 = 1``, or ``0`` when ``||x / s|| <= strength`` (closed form when the steps are equal).
 
 Units that share entries (a residual block's ``conv2``: its rows in one unit, its input slices in
 another) cross, and composing their operators in turn is exact only for nested units. This step keeps,
@@ -24,10 +22,10 @@ included.
 
 The Newton solve for ``nu`` starts from the last step's root of each unit (``"lightning_reg.norms:..."``
 in the optimizer's state, so that a resumed run continues bit for bit) or from the lower bound Jensen's
-inequality gives, whichever is larger. On the CPU it runs until no root moves by more than eight units
-in the last place of the buffers (reading the check is free there); on accelerators a fixed number of
-steps, with no host synchronisation. All of a colour's channels solve together: each operation of a
-step runs once per colour (:mod:`~lightning_reg.optim.group_layout`), whatever the number of units.
+inequality gives, whichever is larger. On the CPU it runs until no root moves by more than eight units in
+the last place of the buffers (reading the check is free there); on accelerators a fixed number of steps,
+with no host synchronisation. All of a colour's channels solve together: each operation of a step runs
+once per colour (:mod:`~lightning_reg.functional.group_layout`), whatever the number of units.
 """
 
 from __future__ import annotations
@@ -38,10 +36,11 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from lightning_reg.functional import fused_group
-from lightning_reg.optim import group_layout
-from lightning_reg.optim.group_layout import CHUNK, Colour, GroupLayout
-from lightning_reg.structured.couplings import Coupling
+from lightning_reg.functional import fused_group, group_layout
+from lightning_reg.functional.couplings import Coupling
+from lightning_reg.functional.group_layout import CHUNK, Colour, GroupLayout
+
+__all__ = ["DUAL", "NORMS", "STATE_PREFIX", "GroupProx"]
 
 #: The prefix of every key this engine adds to an optimizer's per-parameter state.
 STATE_PREFIX = "lightning_reg."
@@ -64,8 +63,8 @@ class GroupProx:
 
     Memory: per colour, a buffer of its entries (each unit-entry once, rows padded to whole chunks) and
     one of their steps, one for the dual variables where units cross, and the masks of
-    :class:`~lightning_reg.optim.group_layout.Colour`; four work buffers the size of the largest colour, and
-    a fifth with fused optimizers (the input, kept in case the step was skipped).
+    :class:`~lightning_reg.functional.group_layout.Colour`; four work buffers the size of the largest
+    colour, and a fifth with fused optimizers (the input, kept in case the step was skipped).
     """
 
     def __init__(
@@ -76,10 +75,9 @@ class GroupProx:
         fused: bool = False,
     ) -> None:
         """``reduce`` adds up, in place, each channel's sums over the processes holding parts of it (a
-        sharded weight's pieces); ``own_state`` keeps the roots in the engine rather than in the
-        optimizer's state (pieces of sharded weights are not keys of it); ``fused`` runs each colour's
-        arithmetic as one compiled function (:mod:`~lightning_reg.functional.fused_group`; not with
-        ``reduce``)."""
+        sharded weight's pieces); ``own_state`` keeps the roots in the engine rather than in the optimizer's
+        state (pieces of sharded weights are not keys of it); ``fused`` compiles each colour's arithmetic
+        (:mod:`~lightning_reg.functional.fused_group`; not with ``reduce``)."""
         if fused and reduce is not None:
             raise ValueError("GroupProx(fused=True) does not add up sums over processes (reduce)")
         self.layout, self.fused = layout, fused
@@ -88,8 +86,7 @@ class GroupProx:
         colours = layout.colours
         device = colours[0].placements[0].member.param.device if colours else torch.device("cpu")
         self.device, self.dtype = device, layout.dtype
-        # the channels' sums, in the buffers' dtype but at least float32: pairwise within a chunk, then
-        # over a row's chunks
+        # the channels' sums: the buffers' dtype, at least float32; pairwise in a chunk, then over chunks
         self.sum_dtype = torch.promote_types(layout.dtype, torch.float32)
         size = max((colour.size for colour in colours), default=0)
         dtype = self.dtype

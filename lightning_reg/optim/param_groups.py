@@ -14,6 +14,17 @@ from typing import Any
 from torch import Tensor
 from torch.optim import Optimizer
 
+__all__ = [
+    "DECAY",
+    "NO_DECAY",
+    "PER_GROUP_SCHEDULER_ATTRIBUTES",
+    "check_no_own_decay",
+    "decay_groups",
+    "decay_names",
+    "split_optimizer",
+    "unwrapped",
+]
+
 DECAY = "decay"
 NO_DECAY = "no_decay"
 

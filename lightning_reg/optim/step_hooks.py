@@ -20,6 +20,16 @@ from torch.utils.hooks import RemovableHandle
 
 from lightning_reg.utilities.eager import always_eager
 
+__all__ = [
+    "AttachHandle",
+    "StepCallback",
+    "attach",
+    "detach",
+    "owners",
+    "pending_grad_scale",
+    "step_taken",
+]
+
 StepCallback = Callable[[Optimizer], None]
 
 # Per optimizer, each owner's registration: attaching again with the same owner replaces that owner's

@@ -35,6 +35,20 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+__all__ = [
+    "RULES",
+    "Denominator",
+    "Form",
+    "Rule",
+    "Scalar",
+    "StepSize",
+    "check_supported",
+    "form_of",
+    "forms_of",
+    "step_size",
+    "steps_of",
+]
+
 Scalar = float | Tensor
 
 

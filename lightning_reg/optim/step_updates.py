@@ -21,13 +21,24 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from lightning_reg.functional import fused as fused_kernels
-from lightning_reg.functional import kernels
+from lightning_reg.functional import group_layout, kernels
+from lightning_reg.functional.couplings import Coupling
 from lightning_reg.functional.sharding import all_reduce_over, is_sharded, local, split_over
-from lightning_reg.optim import group_layout, step_hooks, step_sizes
+from lightning_reg.optim import step_hooks, step_sizes
 from lightning_reg.optim.group_prox import GroupProx
 from lightning_reg.options import ProximalThreshold
 from lightning_reg.selection import Selection
-from lightning_reg.structured.couplings import Coupling
+
+__all__ = [
+    "ProximalStep",
+    "UnheldParametersWarning",
+    "check_couplings_held",
+    "check_shared",
+    "coupled_members",
+    "decoupled_decay",
+    "in_optimizer",
+    "warn_if_unheld",
+]
 
 
 def in_optimizer(

@@ -11,6 +11,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from lightning_reg.functional import kernels
+from lightning_reg.functional.couplings import Coupling, coupled_l1_norm
 from lightning_reg.functional.deferred import PreparedSum, l1_term
 from lightning_reg.functional.kernels import sum_in_order
 from lightning_reg.functional.penalties import l1_norm, squared_norm
@@ -18,7 +19,6 @@ from lightning_reg.functional.sharding import add_, is_sharded
 from lightning_reg.optim import step_hooks, step_updates
 from lightning_reg.options import RegularizationOptions
 from lightning_reg.selection import Selection, units_by_strength
-from lightning_reg.structured.couplings import Coupling, coupled_l1_norm
 
 __all__ = ["Terms", "WeightPenalty"]
 

@@ -4,7 +4,7 @@ Torch-Pruning's ``DependencyGraph`` (the ``structured`` extra: ``pip install
 'lightning-reg[structured]'``) runs the model once on example inputs and follows every channel through
 the graph: a convolution's output channel reaches its BatchNorm, the next convolution's input slice,
 and, across residual additions and concatenations, every tensor that adds into the same stream. Each
-of its groups becomes a :class:`~lightning_reg.structured.couplings.Coupling`, whose members are the
+of its groups becomes a :class:`~lightning_reg.functional.couplings.Coupling`, whose members are the
 parameters'
 slices:
 
@@ -41,11 +41,24 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lightning_reg.functional.couplings import Coupling, Member
 from lightning_reg.functional.sharding import is_sharded
 from lightning_reg.structured import layer_rules
-from lightning_reg.structured.couplings import Coupling, Member
 from lightning_reg.utilities.checks import InvalidArgumentError
 from lightning_reg.utilities.optional import require
+
+__all__ = [
+    "FEATURE",
+    "HEAD_SIZE_ATTRIBUTES",
+    "TracedCoupling",
+    "Tracing",
+    "UntraceableModelError",
+    "call",
+    "modes_kept",
+    "move_inputs",
+    "trace",
+    "traced_couplings",
+]
 
 #: How the error and the docs name this feature.
 FEATURE = 'group_by="channels"'

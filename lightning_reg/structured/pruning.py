@@ -19,6 +19,13 @@ from torch import nn
 from lightning_reg.structured.channels import TracedCoupling, Tracing, call, modes_kept, move_inputs, trace
 from lightning_reg.utilities.nested import leaves
 
+__all__ = [
+    "RELATIVE_TOLERANCE",
+    "dead_channels",
+    "remove_channels",
+    "shrink_coupled",
+]
+
 _Module = TypeVar("_Module", bound=nn.Module)
 
 #: How far the copy's outputs may be from the original's, relative to the largest output: the rounding

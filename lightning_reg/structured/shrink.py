@@ -30,6 +30,11 @@ from torch import Tensor, nn
 from lightning_reg.structured.layer_rules import bias_of
 from lightning_reg.structured.pruning import shrink_coupled
 
+__all__ = [
+    "ELEMENTWISE",
+    "shrink",
+]
+
 _Module = TypeVar("_Module", bound=nn.Module)
 
 #: Modules accepted between two layers: each maps every entry on its own, the same way for every unit.

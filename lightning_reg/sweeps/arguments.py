@@ -26,6 +26,18 @@ from lightning_reg.utilities.checks import (
 )
 from lightning_reg.utilities.optional import import_optuna
 
+__all__ = [
+    "PATH_ORDER",
+    "PRUNERS",
+    "SAMPLERS",
+    "TRAINER_DEFAULTS",
+    "Pruner",
+    "Sampler",
+    "Search",
+    "WarmStart",
+    "check_arguments",
+]
+
 Sampler = Literal["random", "tpe"]
 Pruner = Literal["median", "hyperband"]
 #: ``sweep``'s ``warm_start``: ``True`` carries the weights and the optimizers' states along a path,

@@ -22,6 +22,14 @@ from typing_extensions import override
 
 from lightning_reg.optim.group_prox import STATE_PREFIX
 
+__all__ = [
+    "BestValue",
+    "CarryOptimizerState",
+    "ReportToTrial",
+    "Reportable",
+    "carry_state",
+]
+
 
 class Reportable(Protocol):
     """What the callback needs of an ``optuna.Trial``."""

@@ -17,6 +17,15 @@ from lightning_reg.utilities.optional import require
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+__all__ = [
+    "MEASUREMENTS",
+    "MODES",
+    "STATES",
+    "Mode",
+    "State",
+    "SweepResult",
+]
+
 Mode = Literal["min", "max"]
 State = Literal["complete", "pruned", "failed"]
 

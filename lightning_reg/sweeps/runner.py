@@ -28,6 +28,14 @@ from lightning_reg.sweeps.study import describe_error, optimize
 if TYPE_CHECKING:
     import optuna
 
+__all__ = [
+    "WARM_START_BUDGET",
+    "WARM_START_PATIENCE",
+    "Trained",
+    "sweep",
+    "warm_epochs",
+]
+
 #: Validations without improvement after which a warm-started point stops (``EarlyStopping``'s
 #: ``patience``; with ``check_val_every_n_epoch=k`` that is ``k`` times as many epochs).
 WARM_START_PATIENCE = 3

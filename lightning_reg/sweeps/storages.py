@@ -22,6 +22,16 @@ from lightning_reg.utilities.optional import import_optuna
 if TYPE_CHECKING:
     import optuna
 
+__all__ = [
+    "HEARTBEAT_INTERVAL",
+    "JOURNAL_PREFIX",
+    "MAX_RETRY",
+    "describe",
+    "has_heartbeats",
+    "open_storage",
+    "retry_database_race",
+]
+
 #: Seconds between two heartbeats of a running trial, in a database storage.
 HEARTBEAT_INTERVAL = 60
 #: Times a point whose worker died is queued again before it is left failed.

@@ -34,6 +34,22 @@ if TYPE_CHECKING:
 
     from lightning_reg.sweeps.arguments import Search
 
+__all__ = [
+    "HYPERBAND_PRUNER",
+    "LIGHTNING_MAX_EPOCHS",
+    "MEDIAN_PRUNER",
+    "MEDIAN_WARMUP",
+    "POLL_SECONDS",
+    "RETRY_GRACE",
+    "SLOT_TIMEOUT",
+    "SURPLUS",
+    "PointFailedError",
+    "TrainPoint",
+    "describe_error",
+    "median_warmup",
+    "optimize",
+]
+
 #: Trains one point: its strengths and its trial (whose ``report`` the pruner reads); returns its row.
 TrainPoint = Callable[[dict[str, float], "optuna.Trial"], dict[str, Any]]
 #: Seconds a worker waits before it looks again at trials running elsewhere.

@@ -14,6 +14,20 @@ import numbers
 import warnings
 from collections.abc import Collection, Iterable, Mapping, Sequence
 
+__all__ = [
+    "InvalidArgumentError",
+    "check_choice",
+    "check_flag",
+    "check_globs",
+    "check_integer",
+    "check_number",
+    "check_rules",
+    "check_strength_list",
+    "check_strengths",
+    "check_text",
+    "deprecated",
+]
+
 
 class InvalidArgumentError(ValueError):
     """A value an argument does not accept.

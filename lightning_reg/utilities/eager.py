@@ -14,6 +14,11 @@ from typing import Any, TypeVar, cast
 
 import torch
 
+__all__ = [
+    "F",
+    "always_eager",
+]
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 

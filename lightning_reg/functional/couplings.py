@@ -24,6 +24,15 @@ from torch import Tensor
 from lightning_reg.functional.kernels import sum_in_order
 from lightning_reg.functional.sharding import global_value
 
+__all__ = [
+    "Coupling",
+    "Member",
+    "channel_norms",
+    "channel_squares",
+    "coupled_l1_norm",
+    "coupled_statistics",
+]
+
 
 @dataclass(frozen=True, eq=False)
 class Member:

@@ -29,7 +29,21 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from lightning_reg.structured.couplings import Coupling, Member
+from lightning_reg.functional.couplings import Coupling, Member
+
+__all__ = [
+    "CHUNK",
+    "Chunked",
+    "Colour",
+    "GroupLayout",
+    "Placement",
+    "build",
+    "gather_into",
+    "padding",
+    "scatter_from",
+    "signed",
+    "views",
+]
 
 #: Entries per chunk: each channel's row is padded to a multiple of it (at most ``CHUNK - 1`` zeros).
 CHUNK = 32
