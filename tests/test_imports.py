@@ -117,3 +117,34 @@ def test_a_module_path_of_0_2_still_imports_with_a_warning() -> None:
     assert old is checks
     with pytest.raises(ModuleNotFoundError):
         importlib.import_module("lightning_reg.no_such_module")
+
+
+#: The layers, from the bottom; a module imports only from its own layer or below.
+LAYERS = (
+    ("utilities",),
+    ("functional",),
+    ("options", "selection"),
+    ("optim", "structured"),
+    ("activity", "statistics", "regularizer", "module", "monitor", "recalibration"),
+    ("sweeps", "demos"),
+    ("cli",),
+)
+
+
+def rank(name: str) -> int | None:
+    """The layer of a module by its first name under the package (``None``: the package itself)."""
+    parts = name.split(".")
+    if len(parts) == 1 or parts[1].startswith("_"):
+        return None  # the package's __init__ (the public facade) and its private helpers
+    return next(index for index, layer in enumerate(LAYERS) if parts[1] in layer)
+
+
+def test_each_module_imports_only_from_its_layer_or_below() -> None:
+    modules = module_names()
+    upward = [
+        f"{name} -> {target}"
+        for name, path in modules.items()
+        for target in imports_of(name, path, set(modules))
+        if rank(name) is not None and rank(target) is not None and rank(target) > rank(name)  # type: ignore[operator]
+    ]
+    assert upward == []
