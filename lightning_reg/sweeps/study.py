@@ -367,24 +367,14 @@ def _rows(trials: list[optuna.trial.FrozenTrial], search: Search) -> list[dict[s
     return sorted(rows, key=lambda row: order[id(row)])
 
 
-def _value(trial: optuna.trial.FrozenTrial, search: Search) -> float:
-    """A finished trial's best value: its own (a complete trial's value is its point's best), or for a
-    pruned one the best it reported (it reported every validation)."""
-    if trial.value is not None and trial.state.name == "COMPLETE":
-        return float(trial.value)
-    reported = list(trial.intermediate_values.values())
-    if not reported:
-        return math.nan if trial.value is None else float(trial.value)
-    return float(min(reported) if search.mode == "min" else max(reported))
-
-
 def _trial_row(trial: optuna.trial.FrozenTrial, search: Search) -> dict[str, Any]:
     """The row of one finished trial."""
     state = _STATES[trial.state.name]
     attrs = trial.user_attrs
     row: dict[str, Any] = {
         **{name: float(trial.params[name]) for name in search.names},
-        search.monitor: _value(trial, search) if state != "failed" else math.nan,
+        # a pruned trial's value is its last report, the best so far (see ReportToTrial)
+        search.monitor: math.nan if trial.value is None or state == "failed" else float(trial.value),
         "sparsity": float(attrs.get("sparsity", math.nan)),
         "seconds": float(attrs.get("seconds", math.nan)),
         "state": state,
