@@ -10,7 +10,7 @@ from __future__ import annotations
 import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 from lightning_reg.utilities.checks import (
     check_choice,
@@ -26,6 +26,7 @@ __all__ = [
     "GROUP_BY",
     "L1_MODES",
     "L2_MODES",
+    "MODE_OPTIONS",
     "OPTIONS_PLACEHOLDER",
     "OPTION_DOCS",
     "PROXIMAL_THRESHOLDS",
@@ -37,6 +38,7 @@ __all__ = [
     "RegularizationOptions",
     "StrengthName",
     "document_options",
+    "mode_choices",
     "options_section",
 ]
 
@@ -47,11 +49,14 @@ GroupBy = Literal["rows", "columns", "channels"]
 ProximalThreshold = Literal["optimizer", "lr"]
 
 #: The strengths, in the order of every table that shows them; the keys a rule of ``rules`` may set.
-STRENGTH_NAMES: tuple[StrengthName, ...] = ("l1", "l2", "group_l1")
-L1_MODES: tuple[L1Mode, ...] = ("loss", "proximal")
-L2_MODES: tuple[L2Mode, ...] = ("weight_decay", "loss", "decoupled")
-GROUP_BY: tuple[GroupBy, ...] = ("rows", "columns", "channels")
-PROXIMAL_THRESHOLDS: tuple[ProximalThreshold, ...] = ("optimizer", "lr")
+STRENGTH_NAMES: tuple[StrengthName, ...] = get_args(StrengthName)
+L1_MODES: tuple[L1Mode, ...] = get_args(L1Mode)
+L2_MODES: tuple[L2Mode, ...] = get_args(L2Mode)
+#: The options that choose how a term reaches the weights; each value is implemented by the term classes
+#: registered for it (:mod:`lightning_reg.terms`).
+MODE_OPTIONS: tuple[str, ...] = ("l1_mode", "l2_mode")
+GROUP_BY: tuple[GroupBy, ...] = get_args(GroupBy)
+PROXIMAL_THRESHOLDS: tuple[ProximalThreshold, ...] = get_args(ProximalThreshold)
 
 #: Each option's documentation, by theme: how strong, which weights, how the terms reach them, when, and
 #: the activity term. The ``Args:`` and ``Attributes:`` sections of the entry points are made of these.
@@ -109,6 +114,15 @@ OPTION_DOCS: dict[str, str] = {
 OPTIONS_PLACEHOLDER = "@options@"
 
 _Documented = TypeVar("_Documented", bound=Callable[..., Any])
+
+
+def mode_choices(option: str) -> tuple[str, ...]:
+    """The values the mode option ``option`` accepts.
+
+    >>> mode_choices("l1_mode")
+    ('loss', 'proximal')
+    """
+    return {"l1_mode": L1_MODES, "l2_mode": L2_MODES}[option]
 
 
 def options_section(indent: str, width: int = 110) -> str:
@@ -183,11 +197,11 @@ class RegularizationOptions:
             "group_by": check_choice("group_by", self.group_by, GROUP_BY),
             "exclude": check_globs("exclude", self.exclude),
             "rules": check_rules("rules", self.rules, STRENGTH_NAMES),
-            "l1_mode": check_choice("l1_mode", self.l1_mode, L1_MODES),
+            "l1_mode": check_choice("l1_mode", self.l1_mode, mode_choices("l1_mode")),
             "proximal_threshold": check_choice(
                 "proximal_threshold", self.proximal_threshold, PROXIMAL_THRESHOLDS
             ),
-            "l2_mode": check_choice("l2_mode", self.l2_mode, L2_MODES),
+            "l2_mode": check_choice("l2_mode", self.l2_mode, mode_choices("l2_mode")),
             "l1_warmup_steps": check_integer("l1_warmup_steps", self.l1_warmup_steps),
             "fused": check_flag("fused", self.fused),
             "activity_l1": check_strengths("activity_l1", self.activity_l1),

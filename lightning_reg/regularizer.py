@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from torch import Tensor, nn
 from torch.optim import Optimizer
@@ -13,9 +13,8 @@ from torch.optim import Optimizer
 from lightning_reg.activity import ActivityPenalty
 from lightning_reg.functional import fused
 from lightning_reg.functional.kernels import sum_in_order
-from lightning_reg.optim import step_hooks, step_sizes, step_updates
-from lightning_reg.optim.param_groups import check_no_own_decay, decay_groups, split_optimizer, unwrapped
-from lightning_reg.optim.weight_penalty import Terms, WeightPenalty
+from lightning_reg.optim import step_hooks, step_updates
+from lightning_reg.optim.param_groups import decay_groups, unwrapped
 from lightning_reg.options import (
     GroupBy,
     L1Mode,
@@ -35,11 +34,16 @@ from lightning_reg.selection import (
 )
 from lightning_reg.statistics import NEAR_ZERO_TOL, WeightStatistics, statistics_of
 from lightning_reg.structured import channels
+from lightning_reg.terms import Context, Term, WeightPenalty, terms_for
+from lightning_reg.terms.l2_decoupled import DecoupledL2
+from lightning_reg.terms.proximal import SparseGroupProximal
 from lightning_reg.utilities.checks import InvalidArgumentError, check_integer, deprecated
 
 __all__ = [
     "Regularizer",
 ]
+
+_TermT = TypeVar("_TermT", bound=Term)
 
 
 @document_options
@@ -73,7 +77,7 @@ class Regularizer:
             units (a tensor, a tuple of positional inputs or a dict of keyword inputs); else unused.
 
     Attributes:
-        step: the index of the optimizer step being taken, from 0; only the L1 warm-up reads it.
+        global_step: the index of the optimizer step being taken, from 0; only the L1 warm-up reads it.
         activity: the activity terms; record a step's with ``with reg.activity.capture(): model(x)``.
 
     Raises:
@@ -136,30 +140,26 @@ class Regularizer:
             selection = couple(selection, channels.traced_couplings(model, example_inputs))
         self.selection: Selection = selection
         self._check_fused()
-        # Whether some weight of W has a positive strength of each kind.
-        self._has_l1 = any(strength.l1 > 0 for strength in selection.strengths)
-        self._has_l2 = any(strength.l2 > 0 for strength in selection.strengths)
-        self._has_group_l1 = any(
-            strength > 0
-            for strength in (
-                selection.coupling_strengths
-                if options.group_by == "channels"
-                else (strength.group_l1 for strength in selection.strengths)
-            )
-        )
-        units = units_of(selection, options.group_by)
-        self._proximal = step_updates.ProximalStep(selection, units, fused=options.fused)
-        has = Terms(self._has_l1, self._has_l2, self._has_group_l1)
-        self._weights = WeightPenalty(selection, options, units, has)
+        self._context = Context(selection, options, units_of(selection, options.group_by), self._clock)
+        self._terms: list[Term] = terms_for(self._context)  # one per term of the chosen modes
+        self._extra: dict[type[Term], Term] = {}  # see _term
+        self._weights = WeightPenalty(selection, self._terms)
         self._optimizers: weakref.WeakSet[Optimizer] = weakref.WeakSet()  # those attach() was given
         self.global_step = 0
         self.activity = ActivityPenalty(model, options.activity_l1 or {})
-        in_loss = options.l1_mode == "loss" and (self._has_l1 or self._has_group_l1)
-        self._weights_in_loss = bool(self.selection.regularized) and (
-            in_loss or (options.l2_mode == "loss" and self._has_l2)
-        )
         warn_unmatched(self.selection, model)
         warn_if_empty(self.selection, model, {"l1": l1, "l2": l2, "group_l1": group_l1})
+
+    def _clock(self) -> int:
+        return self.global_step
+
+    def _term(self, kind: type[_TermT]) -> _TermT:
+        """This regularizer's term of ``kind``: the one its modes made, else one made now (for the public
+        methods that apply a mode's update on demand)."""
+        found = next((term for term in [*self._terms, *self._extra.values()] if isinstance(term, kind)), None)
+        if found is None:
+            found = self._extra[kind] = kind(self._context)
+        return found
 
     @classmethod
     def from_options(
@@ -174,7 +174,7 @@ class Regularizer:
 
     @property
     def l1_now(self) -> float:
-        """The L1 strength at :attr:`step`: ``l1`` once the warm-up is over."""
+        """The L1 strength at :attr:`global_step`: ``l1`` once the warm-up is over."""
         return self.options.l1_at(self.global_step)
 
     @property
@@ -203,12 +203,12 @@ class Regularizer:
     @property
     def has_group_term(self) -> bool:
         """Whether some group (row, column or coupled channel) has a positive ``group_l1``."""
-        return self._has_group_l1
+        return self._context.has_group_l1
 
     @property
     def adds_to_loss(self) -> bool:
         """Whether :meth:`penalty` has any term: the Lightning adapter skips it when not."""
-        return self._weights_in_loss or bool(self.activity)
+        return bool(self._weights) or bool(self.activity)
 
     def penalty(self) -> Tensor:
         """The terms to add to the loss (see the class docstring); a constant zero when there are none.
@@ -222,7 +222,7 @@ class Regularizer:
         the data loss (autograd through a shard would write a gradient FSDP does not expect).
         """
         terms = list(self.activity.take().values())
-        if self._weights_in_loss or not terms:
+        if self._weights or not terms:
             terms.insert(0, self._weights.value(self.global_step))
         return sum_in_order(terms)
 
@@ -252,13 +252,10 @@ class Regularizer:
         :meth:`attach` on it for the proximal and decoupled modes.
         """
         others = [param for _, param in self.selection.others]
-        if self.options.l2_mode != "weight_decay":
+        decays = next((decays for term in self._terms if (decays := term.decays()) is not None), None)
+        if decays is None:
             return decay_groups(self.regularized_parameters, others, 0.0)
-        return decay_groups(self.regularized_parameters, others, self.l2, self._decays())
-
-    def _decays(self) -> list[float]:
-        """Each regularized parameter's ``l2``, in the order of :attr:`regularized_parameters`."""
-        return [strength.l2 for strength in self.selection.strengths]
+        return decay_groups(self.regularized_parameters, others, self.l2, decays)
 
     def attach(
         self, optimizer: Optimizer, schedulers: Iterable[Any] = (), *, penalty_as_gradient: bool = False
@@ -291,30 +288,25 @@ class Regularizer:
                 in common or this one would split the groups for weight decay.
         """
         optimizer = unwrapped(optimizer)
-        options = self.options
         self._check_fused()  # the model may have moved to another device since
-        l2 = options.l2 > 0 or self._has_l2
-        splits = options.l2_mode == "weight_decay" and l2
+        splits = any(term.splits_groups() for term in self._terms)
         step_updates.check_shared(self, self.selection, optimizer, splits)
         step_updates.warn_if_unheld(self.selection, [optimizer])
-        if splits:
-            split_optimizer(optimizer, self.regularized_parameters, options.l2, schedulers, self._decays())
-        elif options.l2_mode != "weight_decay" and l2:
-            check_no_own_decay(optimizer, self.regularized_parameters, f"l2_mode={options.l2_mode!r}")
+        for term in self._terms:  # every refusal before anything changes
+            term.check(optimizer)
+        for term in self._terms:
+            term.configure(optimizer, schedulers)
         before: list[step_hooks.StepCallback] = []
-        if self._weights_in_loss and penalty_as_gradient:
+        if self._weights and penalty_as_gradient:
             before.append(self.add_penalty_gradient)
-        elif self._weights_in_loss and self._weights.sharded:
+        elif self._weights and self._weights.sharded:
             before.append(functools.partial(self.add_penalty_gradient, sharded_only=True))
-        if options.l2_mode == "decoupled" and self._has_l2:
-            before.append(self.decoupled_decay)
-        proximal = options.l1_mode == "proximal" and (self._has_l1 or self._has_group_l1)
-        if proximal and options.proximal_threshold == "optimizer":
-            step_sizes.check_supported(optimizer)
-        if proximal:
-            step_updates.check_couplings_held(self.selection, optimizer)
-            self._proximal.prepare(optimizer)
-        step_hooks.attach(optimizer, self, before=before, after=[self.proximal_step] if proximal else [])
+        after: list[step_hooks.StepCallback] = []
+        for term in self._terms:
+            hooks = term.hooks(optimizer)
+            before += hooks.before
+            after += hooks.after
+        step_hooks.attach(optimizer, self, before=before, after=after)
         self._optimizers.add(optimizer)
         return step_hooks.AttachHandle(optimizer, self, self._optimizers.discard)
 
@@ -378,7 +370,7 @@ class Regularizer:
         What AdamW does before its update; called by the hook :meth:`attach` installs. ``l2`` is each
         weight's own, ``lr`` that of the group holding the weight.
         """
-        step_updates.decoupled_decay(self.selection, optimizer, fused=self.options.fused)
+        self._term(DecoupledL2).step(optimizer)
 
     def proximal_step(self, optimizer: Optimizer) -> None:
         """Apply the proximal operators of the L1 and group terms after the optimizer's update.
@@ -391,10 +383,7 @@ class Regularizer:
         (:mod:`~lightning_reg.optim.step_sizes`); with ``"lr"`` it is the group's learning rate.
         ``l1`` (with the warm-up's ramp) and ``group_l1`` are each weight's own.
         """
-        options = self.options
-        self._proximal(
-            optimizer, ramp=options.l1_ramp(self.global_step), threshold=options.proximal_threshold
-        )
+        self._term(SparseGroupProximal).step(optimizer)
 
     def statistics(self, near_zero_tol: float = NEAR_ZERO_TOL) -> WeightStatistics:
         """Norms and zero counts of ``W``, as tensors on the weights' device (no host synchronisation)."""

@@ -316,9 +316,11 @@ def units_by_strength(
     return list(groups.items())
 
 
-def units_of(selection: Selection, group_by: str) -> list[tuple[Coupling, float]]:
+def units_of(selection: Selection, group_by: str, *, every: bool = False) -> list[tuple[Coupling, float]]:
     """The units of the group term with their ``group_l1``: the coupled channels (``"channels"``), else
-    each regularized weight's rows or columns (:meth:`~lightning_reg.functional.couplings.Coupling.along`).
+    each regularized weight's rows or columns (:meth:`~lightning_reg.functional.couplings.Coupling.along`)
+    where its ``group_l1 > 0``; with ``every``, each regularized weight's, whatever its strength (a weight
+    with fewer than two dims: its entries), as the statistics count them.
 
     >>> model = nn.Sequential(nn.Linear(4, 3))
     >>> [(unit.name, unit.count, strength) for unit, strength in units_of(
@@ -329,7 +331,14 @@ def units_of(selection: Selection, group_by: str) -> list[tuple[Coupling, float]
         return list(zip(selection.couplings, selection.coupling_strengths, strict=True))
     axis = 0 if group_by == "rows" else 1
     return [
-        (Coupling.along(name, param, axis), strength.group_l1)
+        (_own_groups(name, param, axis), strength.group_l1)
         for (name, param), strength in zip(selection.regularized, selection.strengths, strict=True)
-        if strength.group_l1 > 0
+        if every or strength.group_l1 > 0
     ]
+
+
+def _own_groups(name: str, param: Tensor, axis: int) -> Coupling:
+    """``param``'s groups along ``axis``; with fewer than two dims, its entries."""
+    if param.dim() == 0:
+        param = param.detach().reshape(1)
+    return Coupling.along(name, param, axis if param.dim() >= 2 else 0)

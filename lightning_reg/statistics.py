@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from lightning_reg.functional.couplings import Coupling, coupled_statistics
+from lightning_reg.functional.couplings import coupled_statistics
 from lightning_reg.functional.penalties import weight_statistics
 from lightning_reg.options import RegularizationOptions
-from lightning_reg.selection import Selection, Strengths
+from lightning_reg.selection import Selection, Strengths, units_of
 
 __all__ = [
     "NEAR_ZERO_TOL",
@@ -114,12 +114,9 @@ def statistics_of(
     module_wide = Strengths(options.l1, options.l2, options.group_l1)
     own, ramp = selection.strengths, options.l1_ramp(step)
     table = weight_statistics(params, near_zero_tol)
-    if options.group_by == "channels":
-        couplings, unit_strengths = selection.couplings, selection.coupling_strengths
-    else:  # each weight's rows or columns (a parameter with fewer than two dims: its entries)
-        axis = 0 if options.group_by == "rows" else 1
-        couplings = tuple(_own_groups(name, param, axis) for name, param in selection.regularized)
-        unit_strengths = tuple(strength.group_l1 for strength in own)
+    units = units_of(selection, options.group_by, every=True)
+    couplings = tuple(unit for unit, _ in units)
+    unit_strengths = tuple(strength for _, strength in units)
     return WeightStatistics(
         names=names,
         numels=tuple(param.numel() for param in params),
@@ -137,10 +134,3 @@ def statistics_of(
         if all(strength == options.group_l1 for strength in unit_strengths)
         else unit_strengths,
     )
-
-
-def _own_groups(name: str, param: Tensor, axis: int) -> Coupling:
-    """``param``'s groups along ``axis``; with fewer than two dims, its entries."""
-    if param.dim() == 0:
-        param = param.detach().reshape(1)
-    return Coupling.along(name, param, axis if param.dim() >= 2 else 0)

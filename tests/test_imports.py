@@ -125,6 +125,7 @@ LAYERS = (
     ("functional",),
     ("options", "selection"),
     ("optim", "structured"),
+    ("terms",),
     ("activity", "statistics", "regularizer", "module", "monitor", "recalibration"),
     ("sweeps", "demos"),
     ("cli",),
