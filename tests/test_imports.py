@@ -1,4 +1,5 @@
-"""The package's modules import each other without circles.
+"""The package's layout: its modules import each other without circles and only from their layer or
+below, the development page's map is its tree, and no function runs over 60 lines.
 
 The graph is read here from the source with ``ast``: every ``import`` of a ``lightning_reg`` module, at the
 top of a file, under ``TYPE_CHECKING`` or inside a function, is an edge from the importing module to the
@@ -149,3 +150,57 @@ def test_each_module_imports_only_from_its_layer_or_below() -> None:
         if rank(name) is not None and rank(target) is not None and rank(target) > rank(name)  # type: ignore[operator]
     ]
     assert upward == []
+
+
+DEVELOPMENT = ROOT.parent / "docs" / "development.md"
+APPS = ("sweeps", "demos", "cli")  # the map describes each as a whole
+
+
+def mapped_tree() -> set[str]:
+    """The files and folders the development page's map of the package names, as paths in the package."""
+    block = DEVELOPMENT.read_text().split("```text\nlightning_reg/\n", 1)[1].split("```", 1)[0]
+    found, folder = set(), ""
+    for line in block.splitlines():
+        indent, token = len(line) - len(line.lstrip(" ")), (line.split() or [""])[0]
+        if indent == 2 and token.endswith("/"):
+            folder = token
+            found.add(token)
+        elif indent == 2 and token.endswith(".py"):
+            found.add(token)
+        elif indent == 4 and token.endswith(".py"):
+            found.add(folder + token)
+    return found
+
+
+def test_the_development_map_shows_the_real_tree() -> None:
+    real = set()
+    for path in ROOT.rglob("*.py"):
+        parts = path.relative_to(ROOT).parts
+        if len(parts) == 1 and (parts[0] == "__init__.py" or not parts[0].startswith("_")):
+            real.add(parts[0])
+        elif len(parts) > 1:
+            real.add(parts[0] + "/")
+            if parts[0] not in APPS and parts[-1] != "__init__.py":
+                real.add("/".join(parts))
+    assert sorted(mapped_tree()) == sorted(real)
+
+
+MAX_FUNCTION_LINES = 60
+
+
+def body_lines(function: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    """A function's lines from its first statement after the docstring to its end."""
+    body = function.body
+    documented = isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) and len(body) > 1
+    end = function.end_lineno or function.lineno
+    return end - body[1 if documented else 0].lineno + 1
+
+
+def test_no_function_is_longer_than_60_lines_without_its_docstring() -> None:
+    long = [
+        f"{name}.{node.name}: {body_lines(node)}"
+        for name, path in module_names().items()
+        for node in ast.walk(ast.parse(path.read_text(), str(path)))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and body_lines(node) > MAX_FUNCTION_LINES
+    ]
+    assert long == []
