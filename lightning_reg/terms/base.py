@@ -70,6 +70,7 @@ class Context:
 
     @property
     def regularized_parameters(self) -> list[Tensor]:
+        """The regularized weights, in ``named_parameters()`` order."""
         return [param for _, param in self.selection.regularized]
 
 
