@@ -14,8 +14,9 @@ __all__ = ["SparseGroupProximal"]
 @register("l1_mode", "proximal")
 class SparseGroupProximal(Term):
     """The exact proximal operator of ``l1 * |w| + group_l1 * ||w_g||`` (sparse group lasso) for the step
-    the update applied to each entry, right after the update: one object for both terms, since the
-    operator of their sum is not the two operators one after the other in the optimizer's metric."""
+    the update applied to each entry, right after the update
+    (:class:`~lightning_reg.optim.step_updates.ProximalStep`). One object for both terms: a unit's soft
+    threshold and block shrink run in one pass over its entries, with the step sizes read once."""
 
     def __init__(self, context: Context) -> None:
         super().__init__(context)
