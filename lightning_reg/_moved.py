@@ -18,15 +18,13 @@ __all__ = [
     "install",
 ]
 
-#: Old name under ``lightning_reg`` -> the subpackage it moved to.
+#: Each module 0.2.0 shipped under ``lightning_reg`` (but ``shrink``, whose name is the function's) -> the
+#: subpackage it moved to. Modules added since were never at the old paths.
 MOVED = {
-    **dict.fromkeys(
-        ("couplings", "deferred", "fused", "fused_group", "group_layout", "kernels", "penalties", "sharding"),
-        "functional",
-    ),
-    **dict.fromkeys(("group_prox", "param_groups", "step_hooks", "step_sizes", "step_updates"), "optim"),
-    **dict.fromkeys(("batchnorm", "channels", "pruning"), "structured"),
-    **dict.fromkeys(("checks", "eager", "optional"), "utilities"),
+    **dict.fromkeys(("couplings", "deferred", "kernels", "penalties", "sharding"), "functional"),
+    **dict.fromkeys(("param_groups", "step_hooks", "step_sizes", "step_updates"), "optim"),
+    **dict.fromkeys(("channels", "pruning"), "structured"),
+    **dict.fromkeys(("checks", "optional"), "utilities"),
 }
 
 

@@ -68,13 +68,11 @@ OPTION_DOCS: dict[str, str] = {
     "group_by": '``"rows"`` (dim 0 of each weight: output units, conv filters), ``"columns"`` (dim 1: input '
     'units, input channels) or ``"channels"``: coupled units traced from the model (the ``structured`` '
     "extra; see :mod:`~lightning_reg.structured.channels`): each group holds every slice of one channel, "
-    "the producing "
-    "layer's row and bias entry, the normalization's scale and shift, the consumers' input slices and "
-    "everything added to it through residual connections, or one attention head; such a group is "
-    "regularized when every weight writing into it is and all its members are trainable, with those "
-    "weights' common ``group_l1``, whatever ``exclude`` "
-    "and ``rules`` say of its other members (biases, BatchNorm parameters). The groups of ``group_l1`` and "
-    "of the dead-unit count.",
+    "the producing layer's row and bias entry, the normalization's scale and shift, the consumers' input "
+    "slices and everything added to it through residual connections, or one attention head; such a group "
+    "is regularized when every weight writing into it is and all its members are trainable, with those "
+    "weights' common ``group_l1``, whatever ``exclude`` and ``rules`` say of its other members (biases, "
+    "BatchNorm parameters). The groups of ``group_l1`` and of the dead-unit count.",
     "exclude": "glob patterns (``fnmatch``; ``*`` crosses dots) over ``named_parameters()`` names that are "
     "never regularized; a tied parameter is excluded if any of its names matches.",
     "rules": "glob pattern over ``named_parameters()`` names to some of ``l1``, ``l2``, ``group_l1``, e.g. "
@@ -88,10 +86,9 @@ OPTION_DOCS: dict[str, str] = {
     "proximal_threshold": 'how far the proximal step shrinks each entry: ``"optimizer"`` (default) by the '
     "strength times the step the optimizer has just applied to that entry's gradient (SGD with or "
     "without momentum, Adam, AdamW, NAdam, RAdam, Adamax, RMSprop, Adagrad; see "
-    ":mod:`~lightning_reg.optim.step_sizes`), so that training lands on the minimiser of ``loss + l1 * "
-    "sum|w| "
-    '+ group_l1 * sum_g ||w_g||`` as with plain SGD; ``"lr"`` by ``lr * l1`` (ISTA), for any optimizer, '
-    "exact for plain SGD only.",
+    ":mod:`~lightning_reg.optim.step_sizes`), so that training lands on the minimiser of "
+    '``loss + l1 * sum|w| + group_l1 * sum_g ||w_g||`` as with plain SGD; ``"lr"`` by ``lr * l1`` (ISTA), '
+    "for any optimizer, exact for plain SGD only.",
     "l2_mode": "``\"weight_decay\"`` (the tutorial's) sets the optimizer's ``weight_decay`` on the "
     'regularized weights only; ``"loss"`` adds the L2 term to the loss; ``"decoupled"`` multiplies '
     "``w`` by ``1 - lr * l2`` right before every update (Adam then is AdamW), ``lr`` being the learning "

@@ -23,9 +23,8 @@ class BatchNormRecalibration(L.Callback):
     (:func:`~lightning_reg.structured.batchnorm.recalibrate_batchnorm`).
 
     Under group L1 the running statistics lag behind the shrinking convolutions in front of each
-    BatchNorm and eval-mode outputs go wrong (see :mod:`~lightning_reg.structured.batchnorm`); with this
-    callback
-    every validation, and the model ``fit`` leaves, use statistics of the weights as they are. A
+    BatchNorm and eval-mode outputs go wrong (see :mod:`~lightning_reg.structured.batchnorm`); with
+    this callback every validation, and the model ``fit`` leaves, use statistics of the weights as they are. A
     ``RegularizedModule`` with group L1 and BatchNorm warns when the Trainer has none.
 
     Cost: one forward pass without gradients over ``num_batches`` training batches each time, about a

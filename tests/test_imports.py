@@ -120,6 +120,42 @@ def test_a_module_path_of_0_2_still_imports_with_a_warning() -> None:
         importlib.import_module("lightning_reg.no_such_module")
 
 
+#: The modules 0.2.0 shipped at the top of the package, as its wheel had them (``shrink`` is the function).
+SHIPPED_IN_0_2 = [
+    "channels",
+    "checks",
+    "couplings",
+    "deferred",
+    "kernels",
+    "optional",
+    "param_groups",
+    "penalties",
+    "pruning",
+    "sharding",
+    "step_hooks",
+    "step_sizes",
+    "step_updates",
+]
+
+
+def test_every_module_path_of_0_2_and_no_other_old_path_imports() -> None:
+    import importlib
+    import warnings
+
+    import pytest
+
+    for name in SHIPPED_IN_0_2:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            old = importlib.import_module(f"lightning_reg.{name}")
+        assert old.__name__.startswith("lightning_reg.")
+        assert old.__name__.endswith(f".{name}")
+        assert old.__name__ != f"lightning_reg.{name}"
+    for added_since in ("group_prox", "fused", "batchnorm", "eager"):
+        with pytest.raises(ModuleNotFoundError):
+            importlib.import_module(f"lightning_reg.{added_since}")
+
+
 #: The layers, from the bottom; a module imports only from its own layer or below.
 LAYERS = (
     ("utilities",),

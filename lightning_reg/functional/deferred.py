@@ -62,11 +62,10 @@ def l1_term(
 ) -> Tensor:
     """``strength * sum|w|`` over ``params``, differentiable, with the gradient added at end of backward.
 
-    The value is the tutorial's ``l1 * sum(torch.sum(torch.abs(w)))`` to the last bit, and so is the
-    gradient each weight receives when nothing else is accumulated into its ``.grad`` in the pass.
-    ``abs_sum``, when given, is ``sum|w|`` already computed (by
-    :func:`~lightning_reg.functional.kernels.abs_sum`)
-    on the weights as they are now. With ``fused`` the sum and the gradient are compiled kernels
+    The value is the tutorial's ``l1 * sum(torch.sum(torch.abs(w)))`` to the last bit, and so is the gradient
+    each weight receives when nothing else is accumulated into its ``.grad`` in the pass. ``abs_sum``, when
+    given, is ``sum|w|`` already computed (by :func:`~lightning_reg.functional.kernels.abs_sum`) on the
+    weights as they are now. With ``fused`` the sum and the gradient are compiled kernels
     (:mod:`~lightning_reg.functional.fused`).
 
     >>> w = torch.tensor([[1.0, -2.0]], requires_grad=True)

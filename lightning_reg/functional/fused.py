@@ -6,12 +6,11 @@ by inductor (C++ on the CPU, Triton on CUDA), the same arithmetic is one loop pe
 ``w`` and the optimizer's state once and writes ``w`` once.
 
 Each kernel here is the arithmetic of its eager counterpart in :mod:`~lightning_reg.functional.kernels`, over
-a
-list of tensors, with every number that changes from step to step (a learning rate, a step count's
-bias corrections, the warm-up's ramp, a step ``GradScaler`` skipped) passed as a tensor. A kernel is
-compiled once for each layout of its arguments (the tensors' shapes, strides, dtypes and devices),
-as its own function, so that a regularizer with several layouts never runs into Dynamo's limit of
-recompiles per function. Nothing recompiles from one step to the next (tested).
+a list of tensors, with every number that changes from step to step (a learning rate, a step count's bias
+corrections, the warm-up's ramp, a step ``GradScaler`` skipped) passed as a tensor. A kernel is compiled once
+for each layout of its arguments (the tensors' shapes, strides, dtypes and devices), as its own function, so
+that a regularizer with several layouts never runs into Dynamo's limit of recompiles per function. Nothing
+recompiles from one step to the next (tested).
 
 The numbers are those of the eager path to float tolerance, not bit for bit: inductor evaluates the
 same formulas in another order (its reductions) and rounds ``sqrt`` correctly where this CPU build's
@@ -267,9 +266,8 @@ def soft_threshold_scaled_(
     taken: Tensor | None = None,
 ) -> None:
     """In place, ``w <- sign(w) * max(|w| - t, 0)`` with ``t = scales[i] * taken / d`` per entry: the
-    optimizer-aware proximal step of :func:`~lightning_reg.functional.kernels.soft_threshold_scaled_`, with
-    the
-    denominator ``d`` made inside the kernel from the optimizer's state.
+    optimizer-aware proximal step of :func:`~lightning_reg.functional.kernels.soft_threshold_scaled_`,
+    with the denominator ``d`` made inside the kernel from the optimizer's state.
 
     ``d = sqrt(firsts[i] - seconds[i]**2) + offsets[i]`` (no ``seconds``: ``sqrt(firsts[i]) + ...``;
     without ``root`` no square root); ``1`` where ``tractable`` is false (see

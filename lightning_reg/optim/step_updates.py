@@ -79,9 +79,8 @@ class ProximalStep:
     ``units`` are the group terms' units with their strengths (a parameter's rows or columns, or coupled
     channels: :func:`~lightning_reg.selection.units_of`). Each optimizer gets one
     :class:`~lightning_reg.optim.group_prox.GroupProx` per set of units taking part, laid out once. With
-    ``fused``, the arithmetic runs as compiled kernels (:mod:`~lightning_reg.functional.fused`), except on
-    sharded
-    weights' pieces, whose sums are added up over processes between eager kernels.
+    ``fused``, the arithmetic runs as compiled kernels (:mod:`~lightning_reg.functional.fused`), except
+    on sharded weights' pieces, whose sums are added up over processes between eager kernels.
     """
 
     def __init__(
@@ -116,8 +115,7 @@ class ProximalStep:
 
         ``s`` is the step the update applied to each entry: read from the optimizer's state
         (:func:`~lightning_reg.optim.step_sizes.steps_of`) with ``threshold="optimizer"``, the group's
-        learning
-        rate with ``"lr"``. The units whose parameters all took this step are shrunk by
+        learning rate with ``"lr"``. The units whose parameters all took this step are shrunk by
         :class:`~lightning_reg.optim.group_prox.GroupProx`, the exact proximal operator of ``l1 * |w| +
         group_l1 * ||w_u||`` (sparse group lasso) in the metric of ``s``, exact at the fixed point where
         units cross. The weights in no unit are soft-thresholded alone.

@@ -5,8 +5,7 @@ Torch-Pruning's ``DependencyGraph`` (the ``structured`` extra: ``pip install
 the graph: a convolution's output channel reaches its BatchNorm, the next convolution's input slice,
 and, across residual additions and concatenations, every tensor that adds into the same stream. Each
 of its groups becomes a :class:`~lightning_reg.functional.couplings.Coupling`, whose members are the
-parameters'
-slices:
+parameters' slices:
 
 - a convolution's or linear layer's output row and bias entry, or its input slice (a depthwise
   convolution's input channel is its output channel);
@@ -20,8 +19,7 @@ A unit is left out (it could not be removed with the outputs kept) when its chan
 - pass through a normalization across channels (``LayerNorm``, ``GroupNorm``, ``RMSNorm``): removing a
   channel that is zero would still change the mean and variance it computes;
 - touch a layer whose slices no rule of :mod:`~lightning_reg.structured.layer_rules` gives
-  (``nn.MultiheadAttention``,
-  recurrent layers, a grouped convolution; add your own with
+  (``nn.MultiheadAttention``, recurrent layers, a grouped convolution; add your own with
   :func:`~lightning_reg.structured.layer_rules.register_layer`), or a parameter along two axes at once.
 
 Attention: the query, key and value projections of an attention module that names its head size

@@ -2,9 +2,8 @@
 
 A channel group that reaches a layer holds a slice of its parameters: on the layer's outputs (a linear
 layer's weight rows and bias entries) or on its inputs (its weight columns). The tracer
-(:mod:`~lightning_reg.structured.channels`) looks each layer up here, by its class and then its base classes,
-and
-leaves out, with a warning, any group that reaches a layer with parameters and no rule.
+(:mod:`~lightning_reg.structured.channels`) looks each layer up here, by its class and then its base
+classes, and leaves out, with a warning, any group that reaches a layer with parameters and no rule.
 
 Add a rule for a layer of your own with :func:`register_layer`. When Torch-Pruning does not know the
 layer either, give it a Torch-Pruning pruning function too (``pruner=``: a
@@ -35,6 +34,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor, nn
+
+from lightning_reg.utilities.checks import InvalidArgumentError
 
 __all__ = [
     "PER_CHANNEL_NORMS",
@@ -88,8 +89,6 @@ def register_layer(layer_type: type[nn.Module], slices: SliceRule, *, pruner: An
         ~lightning_reg.InvalidArgumentError: ``layer_type`` is not an ``nn.Module`` subclass, or
             ``slices`` is not callable.
     """
-    from lightning_reg.utilities.checks import InvalidArgumentError
-
     if not (isinstance(layer_type, type) and issubclass(layer_type, nn.Module)):
         raise InvalidArgumentError("layer_type", layer_type, "an nn.Module subclass")
     if not callable(slices):

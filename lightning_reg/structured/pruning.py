@@ -1,11 +1,10 @@
 """Remove the coupled units that group L1 has zeroed from a copy of any traceable model.
 
 A unit of :mod:`~lightning_reg.structured.channels` is dead when every slice of it is exactly zero: its
-producing
-rows and biases, its normalization's scale and shift, its consumers' input slices. It then contributes
-nothing downstream (a BatchNorm with zero scale and shift outputs zero whatever its statistics), so
-Torch-Pruning's ``DependencyGraph`` can remove it, with every coupled slice and the normalization's
-running statistics, without changing the outputs.
+producing rows and biases, its normalization's scale and shift, its consumers' input slices. It then
+contributes nothing downstream (a BatchNorm with zero scale and shift outputs zero whatever its statistics),
+so Torch-Pruning's ``DependencyGraph`` can remove it, with every coupled slice and the normalization's running
+statistics, without changing the outputs.
 """
 
 from __future__ import annotations

@@ -1,10 +1,9 @@
 """Physically remove the hidden units that group L1 has zeroed, keeping the network's outputs.
 
-One job: :func:`shrink` returns a copy of a network whose hidden layers are narrower. Given example
-inputs, it removes the coupled units of any model the tracer follows (ResNets, transformers; see
-:mod:`~lightning_reg.structured.pruning`). Without them, it takes an ``nn.Sequential`` of ``nn.Linear``
-layers (or
-of ``nn.Conv1d/2d/3d`` layers) with element-wise modules between them, which needs no tracer; there a
+One job: :func:`shrink` returns a copy of a network whose hidden layers are narrower. Given example inputs, it
+removes the coupled units of any model the tracer follows (ResNets, transformers; see
+:mod:`~lightning_reg.structured.pruning`). Without them, it takes an ``nn.Sequential`` of ``nn.Linear`` layers
+(or of ``nn.Conv1d/2d/3d`` layers) with element-wise modules between them, which needs no tracer; there a
 hidden unit (a convolution's channel) between two consecutive layers is removed when
 
 - its outgoing weights are all zero (the next layer's column ``W[:, j]``; what ``group_by="columns"``
@@ -77,14 +76,13 @@ _ACCEPTED = (
 def shrink(module: _Module, example_inputs: Any = None) -> _Module:
     """A copy of ``module`` without the hidden units whose incoming or outgoing weights are all zero.
 
-    With ``example_inputs`` (what ``module`` is called with: a tensor, a tuple of positional inputs or
-    a dict of keyword inputs), ``module`` may be any model Torch-Pruning can trace (the ``structured``
-    extra). Every coupled unit of :mod:`~lightning_reg.structured.channels` whose slices are all exactly
-    zero, as
+    With ``example_inputs`` (what ``module`` is called with: a tensor, a tuple of positional inputs or a dict
+    of keyword inputs), ``module`` may be any model Torch-Pruning can trace (the ``structured`` extra). Every
+    coupled unit of :mod:`~lightning_reg.structured.channels` whose slices are all exactly zero, as
     ``group_by="channels"`` leaves them, is removed with each of its slices: producing rows and biases,
-    normalization scales, shifts and running statistics, consumers' input slices, and whole attention
-    heads. A layer keeps at least one channel. The copy's outputs in eval mode are checked against the
-    original's on ``example_inputs`` (equal to float rounding) before it is returned.
+    normalization scales, shifts and running statistics, consumers' input slices, and whole attention heads. A
+    layer keeps at least one channel. The copy's outputs in eval mode are checked against the original's on
+    ``example_inputs`` (equal to float rounding) before it is returned.
 
     Without ``example_inputs``, ``module`` must be an ``nn.Sequential`` whose children are
     ``nn.Linear`` layers, or ``nn.Conv1d/2d/3d`` layers with ``groups=1``, and element-wise modules

@@ -1,8 +1,7 @@
 """The arguments of :func:`~lightning_reg.sweeps.sweep`, checked before any model is built.
 
-:func:`check_arguments` checks every argument through :mod:`lightning_reg.utilities.checks` and returns them
-as
-one :class:`Search`, which the grid and the Optuna study read.
+:func:`check_arguments` checks every argument through :mod:`lightning_reg.utilities.checks` and returns
+them as one :class:`Search`, which the grid and the Optuna study read.
 """
 
 from __future__ import annotations

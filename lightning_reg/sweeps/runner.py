@@ -264,7 +264,7 @@ def _warm_paths(
         previous = None
         for strengths in path:
             row, trained = train(strengths, start_from=previous)
-            if row["state"] == "complete" and trained is not None:  # patience counts the first's epochs
+            if row["state"] == "complete" and trained is not None:  # the budget counts the first's epochs
                 previous = trained if previous is None else replace(trained, epochs=previous.epochs)
             rows.setdefault(tuple(strengths.values()), []).append(row)
     return [rows[point].pop(0) for point in search.points()]
@@ -281,10 +281,10 @@ def _train_point(
     """Build, fit and measure the model of one point: its row of the table, and what the next point of a
     path starts from.
 
-    With ``trial`` (a pruner), each validation is reported to it; with ``start_from`` (a warm start),
-    the model starts from its weights (and its optimizers from their states, unless the warm start is
-    ``"weights"``) and stops by :func:`warm_patience`. An error of a type in ``search.catch`` gives a
-    failed row (and nothing to start from).
+    With ``trial`` (a pruner), each validation is reported to it; with ``start_from`` (a warm start), the
+    model starts from its weights (and its optimizers from their states, unless the warm start is
+    ``"weights"``) and stops by :data:`WARM_START_PATIENCE` within :func:`warm_epochs`. An error of a type in
+    ``search.catch`` gives a failed row (and nothing to start from).
     """
     if search.seed is not None:
         L.seed_everything(search.seed, verbose=False)
